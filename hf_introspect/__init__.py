@@ -1,0 +1,20 @@
+"""hf_introspect: LLM activations + behaviour for introspection experiments, as HF datasets."""
+
+__version__ = "0.1.0"
+
+from .errors import UserError  # noqa: E402
+
+__all__ = ["UserError", "__version__", "CollectConfig", "collect"]
+
+
+def __getattr__(name):
+    # Lazy: importing the package must not import torch/transformers (fast CLI --help, light tests).
+    if name == "CollectConfig":
+        from .config import CollectConfig
+
+        return CollectConfig
+    if name == "collect":
+        from .collector import collect
+
+        return collect
+    raise AttributeError(name)

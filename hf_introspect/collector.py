@@ -1,0 +1,292 @@
+"""Collection: questions -> three prompt passes -> sharded, resumable `Dataset.map` over the model.
+
+Per pass, the prompt dataset is cut into shards of ``save_every * batch_size`` rows. Each shard is
+one ``Dataset.map(batched=True)`` whose ``cache_file_name`` is the shard's final Arrow file, so a
+shard either exists whole or not at all; a rerun skips the shards that exist. Under
+``accelerate launch`` the shards are dealt round-robin to processes (shard i -> rank i % N), so a
+resumed run may use a different number of processes than the first attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Dataset, DatasetDict, load_from_disk
+from datasets.utils import logging as ds_logging
+
+from . import __version__
+from .config import CollectConfig, config_hash, kept_positions, parse_layers
+from .errors import UserError
+from .inference import BatchOutput, row_generator, run_batch
+from .model_loading import LoadedModel, load_model
+from .prompt_dataset import build_prompt_dataset
+from .prompts import PROMPT_TYPES, labels_for_pass, load_templates
+from .readout import entropy_nats, expected_confidence, logit_margin, parse_label, resolve_label_token_ids, softmax_np
+from .schema import layer_column, pass_features
+from .storage import (clean_partial_files, finalize_run, finalize_split, prepare_output_dir, shard_path,
+                      split_is_final)
+
+logger = logging.getLogger("hf_introspect")
+
+RESIDUAL_DOC = ("activations_layer_00 = embedding output; activations_layer_i = residual stream after "
+                "block i; the last index is the last block's output BEFORE the final norm")
+
+
+def _versions() -> dict:
+    import accelerate
+    import datasets
+    import peft
+    import pyarrow
+    import transformers
+
+    return {"hf_introspect": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "datasets": datasets.__version__,
+            "accelerate": accelerate.__version__, "peft": peft.__version__, "pyarrow": pyarrow.__version__,
+            "numpy": np.__version__}
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+@dataclass
+class PassContext:
+    """What the shard function needs, gathered once per pass (kept out of map's fingerprinting)."""
+
+    cfg: CollectConfig
+    lm: LoadedModel
+    pass_name: str
+    labels: tuple[str, ...]
+    label_ids: dict[str, list[int]]
+    layers: list[int]
+    eos_ids: set[int]
+    micro_batch: int
+    overflow_layers: set[int] = field(default_factory=set)
+
+    def run_rows(self, seqs, positions, qids) -> BatchOutput:
+        gens = [row_generator(self.cfg.seed, q, self.pass_name) for q in qids] if self.cfg.temperature > 0 else None
+        return run_batch(self.lm.model, seqs, pad_id=self.lm.tokenizer.pad_token_id, label_ids=self.label_ids,
+                         layers=self.layers, keep_positions=positions, act_dtype=self.cfg.act_dtype,
+                         max_new_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature,
+                         top_p=self.cfg.top_p, eos_ids=self.eos_ids, generators=gens)
+
+
+def _run_with_backoff(ctx: PassContext, rows: list[int], seqs, positions, qids) -> dict[int, tuple[BatchOutput, int]]:
+    """Run rows in micro-batches of ctx.micro_batch, halving it on out-of-memory."""
+    results: dict[int, tuple[BatchOutput, int]] = {}
+    i = 0
+    while i < len(rows):
+        chunk = rows[i:i + ctx.micro_batch]
+        try:
+            out = ctx.run_rows([seqs[r] for r in chunk], [positions[r] for r in chunk], [qids[r] for r in chunk])
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            if not _is_oom(exc):
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if ctx.micro_batch == 1:
+                raise UserError(f"one prompt of {len(seqs[chunk[0]])} tokens does not fit in memory; store fewer "
+                                "--layers or --positions, use --dtype bfloat16, or spread the model with --device_map auto") from exc
+            ctx.micro_batch = max(1, ctx.micro_batch // 2)
+            logger.warning("out of memory: batch size lowered to %d and retried", ctx.micro_batch)
+            continue
+        for k, r in enumerate(chunk):
+            results[r] = (out, k)
+        i += len(chunk)
+    return results
+
+
+def _shard_function(ctx: PassContext):
+    cfg, lm = ctx.cfg, ctx.lm
+    mcq = ctx.pass_name == "mcq"
+
+    def fn(batch: dict) -> dict:
+        n = len(batch["question_id"])
+        seqs = batch["input_ids"]
+        positions = [kept_positions(cfg.positions, len(seqs[r]), tuple(batch["question_token_span"][r])) for r in range(n)]
+        # Longest first: similar lengths share a micro-batch (less padding), and an OOM shows early.
+        order = sorted(range(n), key=lambda r: -len(seqs[r]))
+        results = _run_with_backoff(ctx, order, seqs, positions, batch["question_id"])
+        out: dict[str, list] = {k: [] for k in ("model_name", "checkpoint_id", "temperature", "top_p",
+                                                "max_new_tokens", "output_text", "parsed_answer", "parse_source",
+                                                "logits", "probs", "entropy", "activation_positions",
+                                                "fp16_overflow_count")}
+        extra = ("is_correct", "logit_margin", "answer_token_index") if mcq else \
+            ("confidence_token_index", "self_confidence" if ctx.pass_name == "self_conf" else "other_confidence")
+        out.update({k: [] for k in extra})
+        out.update({layer_column(i): [] for i in ctx.layers})
+        for r in range(n):
+            res, k = results[r]
+            logits = res.label_logits[k].astype(np.float32)
+            probs = softmax_np(logits.astype(np.float64))
+            text = lm.tokenizer.decode(res.generated_ids[k], skip_special_tokens=True)
+            parsed = parse_label(text, ctx.labels)
+            source = "output_text" if parsed is not None else "argmax"
+            if parsed is None:
+                parsed = ctx.labels[int(np.argmax(logits))]
+            out["model_name"].append(lm.source.model_name)
+            out["checkpoint_id"].append(lm.checkpoint_id)
+            out["temperature"].append(cfg.temperature)
+            out["top_p"].append(cfg.top_p)
+            out["max_new_tokens"].append(cfg.max_new_tokens)
+            out["output_text"].append(text)
+            out["parsed_answer"].append(parsed)
+            out["parse_source"].append(source)
+            out["logits"].append(logits)
+            out["probs"].append(probs.astype(np.float32))
+            out["entropy"].append(float(entropy_nats(probs)))
+            readout_index = len(seqs[r]) - 1
+            if mcq:
+                correct = batch["correct_answer_letter"][r]
+                out["is_correct"].append(parsed == correct)
+                out["logit_margin"].append(logit_margin(logits, ctx.labels.index(correct)))
+                out["answer_token_index"].append(readout_index)
+            else:
+                out["confidence_token_index"].append(readout_index)
+                out[extra[1]].append(expected_confidence(probs))
+            out["activation_positions"].append(positions[r].astype(np.int32))
+            overflow = res.overflow_counts[k]
+            out["fp16_overflow_count"].append(int(overflow.sum()))
+            if overflow.any():
+                new = {ctx.layers[j] for j in np.flatnonzero(overflow)} - ctx.overflow_layers
+                if new:
+                    ctx.overflow_layers |= new
+                    logger.warning("%s: non-finite values after the cast to %s in layers %s (counted in "
+                                   "fp16_overflow_count); rerun with --act_dtype float32 to keep them",
+                                   ctx.pass_name, cfg.act_dtype, sorted(ctx.overflow_layers))
+            for j, i in enumerate(ctx.layers):
+                out[layer_column(i)].append(res.activations[k][j])
+        return out
+
+    return fn
+
+
+def _eos_ids(lm: LoadedModel) -> set[int]:
+    ids = set()
+    for src in (lm.tokenizer.eos_token_id, getattr(getattr(lm.model, "generation_config", None), "eos_token_id", None)):
+        if isinstance(src, int):
+            ids.add(src)
+        elif isinstance(src, (list, tuple)):
+            ids.update(int(i) for i in src)
+    return ids
+
+
+def _process_state(device_map: str | None):
+    """accelerate's view of this process. Without CUDA, PartialState(cpu=True) is what makes
+    `accelerate launch --multi_gpu --num_processes N` see N ranks (plain PartialState says 1 of 1)."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def build_run_config(cfg: CollectConfig, lm: LoadedModel, templates: dict, layers: list[int], label_ids: dict,
+                     questions: Dataset, shard_plan: dict) -> dict:
+    identity = {"config": cfg.identity(), "model": lm.identity, "templates": templates,
+                "use_chat_template": lm.use_chat_template, "label_token_ids": label_ids,
+                "question_ids_hash": config_hash({"ids": questions["question_id"]})}
+    return {
+        "run_id": config_hash(identity),
+        "config": cfg.to_dict(),
+        "model_name": lm.source.model_name,
+        "checkpoint_id": lm.checkpoint_id,
+        "num_layers": lm.num_layers,
+        "hidden_size": lm.hidden_size,
+        "layers_stored": layers,
+        "residual_stream": RESIDUAL_DOC,
+        "num_questions": len(questions),
+        "question_sources": sorted(set(questions["question_source"])),
+        "shards": shard_plan,
+        "versions": _versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "identity": identity,
+    }
+
+
+def collect(cfg: CollectConfig, *, lm: LoadedModel | None = None, questions: Dataset | None = None) -> DatasetDict:
+    """Run every pass for every question and write the dataset to ``cfg.output_dir``.
+
+    ``lm`` and ``questions`` may be passed in (tests, notebooks) to skip loading them again.
+
+    Example:
+        >>> ds = collect(CollectConfig(output_dir="test_run_base", num_questions=10, batch_size=4))  # doctest: +SKIP
+        >>> ds["mcq"].features["activations_layer_30"]                                              # doctest: +SKIP
+        Array2D(shape=(None, 576), dtype='float16')
+    """
+    state = _process_state(cfg.device_map)
+    if questions is None:
+        from .questions import load_questions
+
+        questions = load_questions(cfg.questions, num_questions=cfg.num_questions, seed=cfg.seed,
+                                   shuffle_options=cfg.shuffle_options, question_ids=cfg.question_ids,
+                                   source_format=cfg.question_format)
+    elif cfg.num_questions is not None:
+        if cfg.num_questions > len(questions):
+            raise UserError(f"--num_questions {cfg.num_questions} is more than the {len(questions)} questions available")
+        questions = questions.select(range(cfg.num_questions))
+    templates = load_templates(cfg.prompt_templates)
+    if lm is None:
+        lm = load_model(cfg.model, lora_checkpoint=cfg.lora_checkpoint, dtype=cfg.dtype,
+                        device=None if cfg.device_map else state.device, device_map=cfg.device_map)
+    layers = parse_layers(cfg.layers, lm.num_layers + 1)
+    label_ids = {p: resolve_label_token_ids(lm.tokenizer, labels_for_pass(p)) for p in cfg.passes}
+    n_shards = -(-len(questions) // cfg.shard_rows)
+    shard_plan = {"rows_per_shard": cfg.shard_rows, "num_shards": n_shards}
+    run_config = build_run_config(cfg, lm, templates, layers, label_ids, questions, shard_plan)
+    run_id = run_config["run_id"]
+    out = Path(cfg.output_dir)
+
+    if state.is_main_process:
+        resuming = prepare_output_dir(out, run_config, overwrite=cfg.overwrite, passes=cfg.passes)
+        removed = clean_partial_files(out, cfg.passes)
+        if resuming:
+            logger.info("resuming run %s in %s%s", run_id, out,
+                        f" (removed {len(removed)} partial file(s))" if removed else "")
+    state.wait_for_everyone()
+
+    progress_was_on = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()  # one bar of ours per pass instead of one per shard
+    try:
+        from tqdm.auto import tqdm
+
+        for pass_name in cfg.passes:
+            if split_is_final(out, pass_name):
+                continue
+            prompts = build_prompt_dataset(questions, pass_name, templates[pass_name], lm.tokenizer,
+                                           lm.use_chat_template, fingerprint=f"{run_id}-{pass_name}-prompts")
+            labels = labels_for_pass(pass_name)
+            features = pass_features(pass_name, len(labels), layers, lm.hidden_size, cfg.act_dtype)
+            micro = cfg.shard_rows if cfg.batch_size == "auto" else cfg.nominal_batch_size
+            ctx = PassContext(cfg, lm, pass_name, labels, label_ids[pass_name], layers, _eos_ids(lm), micro)
+            fn = _shard_function(ctx)
+            mine = [i for i in range(n_shards) if i % state.num_processes == state.process_index]
+            bar = tqdm(total=len(mine), desc=f"{pass_name} (shards)", unit="shard",
+                       disable=not state.is_local_main_process)
+            for i in mine:
+                path = shard_path(out, pass_name, i, n_shards)
+                if not path.is_file():
+                    lo, hi = i * cfg.shard_rows, min((i + 1) * cfg.shard_rows, len(questions))
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    prompts.select(range(lo, hi)).map(
+                        fn, batched=True, batch_size=hi - lo, features=features, cache_file_name=str(path),
+                        new_fingerprint=f"{run_id}-{pass_name}-{i:05d}", load_from_cache_file=False)
+                bar.update(1)
+            bar.close()
+            state.wait_for_everyone()
+            if state.is_main_process:
+                description = (f"hf_introspect {PROMPT_TYPES[pass_name]} pass of {lm.source.model_name} "
+                               f"({lm.checkpoint_id}); {RESIDUAL_DOC}; label token ids {label_ids[pass_name]}")
+                finalize_split(out, pass_name, n_shards, len(questions), f"{run_id}-{pass_name}", description)
+            state.wait_for_everyone()
+        if state.is_main_process:
+            finalize_run(out, cfg.passes)
+        state.wait_for_everyone()
+    finally:
+        if progress_was_on:
+            ds_logging.enable_progress_bar()
+    return load_from_disk(str(out))

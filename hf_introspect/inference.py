@@ -1,0 +1,157 @@
+"""One batch through the model: residual stream, restricted next-token logits and a short
+continuation, from a single prompt forward pass whose KV cache the continuation reuses."""
+
+from __future__ import annotations
+
+import inspect
+import zlib
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .model_loading import final_norm
+from .readout import restricted_logits
+
+ACT_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+
+
+@dataclass
+class BatchOutput:
+    label_logits: np.ndarray  # (batch, n_labels) float32
+    # activations[r][j]: (n_kept_positions_r, hidden) for row r and the j-th stored layer
+    activations: list[list[np.ndarray]]
+    overflow_counts: np.ndarray  # (batch, n_stored_layers) non-finite values after the cast
+    generated_ids: list[list[int]]  # continuation token ids, EOS excluded
+
+
+@contextmanager
+def capture_pre_norm(net):
+    """Capture the input of the final norm (the last block's residual output, before the norm).
+
+    transformers' ``hidden_states[-1]`` is taken AFTER the final norm for Llama; every other entry
+    is a raw residual, so we swap the last one for the pre-norm tensor to keep the stack uniform.
+    """
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(_module, args):
+        store.setdefault("x", args[0])  # first call = the prompt forward; decode steps ignored
+
+    handle = final_norm(net).register_forward_pre_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-pad token lists. Returns input_ids, attention_mask (batch, T) and position_ids that
+    start at 0 at each row's first real token, as in an unpadded forward."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for r, seq in enumerate(sequences):
+        ids[r, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+        mask[r, width - len(seq):] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids.to(device), mask.to(device), pos.to(device)
+
+
+def _cache_kwarg(net) -> str:
+    """transformers >= 5.2x names the KV-cache argument ``cache``; earlier 5.x ``past_key_values``."""
+    base = net.get_base_model() if hasattr(net, "get_base_model") else net
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _cache_of(out):
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, generators: list[torch.Generator]) -> torch.Tensor:
+    """Greedy when temperature == 0, else temperature + nucleus sampling with a per-row generator
+    (seeded from the question id, so a row's sample does not depend on its batch)."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1).cpu()
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest prefix reaching top_p
+        sorted_p[drop] = 0
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    picks = [torch.multinomial(probs[r], 1, generator=generators[r]) for r in range(probs.shape[0])]
+    return torch.cat(picks).to(logits.device)
+
+
+def row_generator(seed: int, question_id: str, pass_name: str) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed((seed * 1_000_003 + zlib.crc32(f"{pass_name}/{question_id}".encode())) % (2**63))
+    return g
+
+
+@torch.inference_mode()
+def run_batch(net, sequences: list[list[int]], *, pad_id: int, label_ids: dict[str, list[int]],
+              layers: list[int], keep_positions: list[np.ndarray], act_dtype: str = "float16",
+              max_new_tokens: int = 0, temperature: float = 0.0, top_p: float = 1.0,
+              eos_ids: set[int] = frozenset(), generators: list[torch.Generator] | None = None) -> BatchOutput:
+    """Forward one batch of prompts and read out everything stored for them.
+
+    ``layers`` index the residual stack: 0 = embedding output, i = output of block i (the last
+    one before the final norm). ``keep_positions[r]`` are prompt token indices (0..len-1) to keep.
+
+    Example:
+        >>> out = run_batch(net, [[1, 5, 9]], pad_id=0, label_ids={"A": [5], "B": [6]},
+        ...                 layers=[0, 2], keep_positions=[np.arange(3)])   # doctest: +SKIP
+        >>> out.activations[0][1].shape                                      # doctest: +SKIP
+        (3, 64)
+    """
+    device = next(net.parameters()).device
+    ids, mask, pos = left_pad(sequences, pad_id, device)
+    with capture_pre_norm(net) as pre_norm:
+        out = net(input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=True,
+                  use_cache=max_new_tokens > 0, logits_to_keep=1)
+    hidden = list(out.hidden_states)  # n_layers + 1 tensors of (batch, T, hidden)
+    hidden[-1] = pre_norm["x"]
+    next_logits = out.logits[:, -1, :]  # (batch, vocab)
+    label_logits = restricted_logits(next_logits, label_ids).cpu().numpy()
+
+    # Only the stored layers are cast and copied. (n_stored, batch, T, hidden)
+    stack = torch.stack([hidden[i] for i in layers]).to(ACT_DTYPES[act_dtype])
+    width = ids.shape[1]
+    finite = torch.isfinite(stack)
+    real = mask.bool()[None, :, :, None]  # pad positions never count
+    overflow = ((~finite) & real).sum(dim=(2, 3)).T.cpu().numpy()  # (batch, n_stored)
+    host = stack.cpu().numpy()
+    del stack, finite, hidden
+    activations = []
+    for r, seq in enumerate(sequences):
+        start = width - len(seq)
+        kept = start + np.asarray(keep_positions[r])
+        activations.append([host[j, r, kept] for j in range(len(layers))])
+
+    generated: list[list[int]] = [[] for _ in sequences]
+    if max_new_tokens > 0:
+        gens = generators or [torch.Generator() for _ in sequences]
+        cache = _cache_of(out)
+        lengths = mask.sum(-1)  # next position id per row
+        done = torch.zeros(len(sequences), dtype=torch.bool, device=device)
+        logits = next_logits
+        for step in range(max_new_tokens):
+            tok = _sample(logits, temperature, top_p, gens)
+            for r in range(len(sequences)):
+                if not done[r]:
+                    t = int(tok[r])
+                    if t in eos_ids:
+                        done[r] = True
+                    else:
+                        generated[r].append(t)
+            if bool(done.all()) or step == max_new_tokens - 1:
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
+            step_out = net(input_ids=tok[:, None], attention_mask=mask, position_ids=(lengths + step)[:, None],
+                           use_cache=True, logits_to_keep=1, **{_cache_kwarg(net): cache})
+            cache = _cache_of(step_out)
+            logits = step_out.logits[:, -1, :]
+    return BatchOutput(label_logits=label_logits, activations=activations, overflow_counts=overflow,
+                       generated_ids=generated)

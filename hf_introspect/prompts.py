@@ -1,0 +1,170 @@
+"""The three prompt passes: templates, label sets and prompt rendering.
+
+Every template lives here (and can be overridden from a JSON file); the rendered prompt and the
+templates themselves are recorded verbatim, so a run can always be reproduced and audited.
+
+Passes (split names):
+
+========== ======================================================== ==========================
+pass       what the model is asked                                  labels read at the answer
+========== ======================================================== ==========================
+mcq        answer the question with one letter                      A B C D
+self_conf  how confident it is that it knows the answer (8 bins)    S T U V W X Y Z
+other_conf share of college-educated people who would know it      S T U V W X Y Z
+========== ======================================================== ==========================
+
+Bins are lettered S-Z so they never collide with the answer letters A-D.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+PASSES = ("mcq", "self_conf", "other_conf")
+# The seed README's `prompt_type` values, one per pass.
+PROMPT_TYPES = {"mcq": "mcq", "self_conf": "self_confidence", "other_conf": "other_confidence"}
+
+ANSWER_LABELS = ("A", "B", "C", "D")
+CONFIDENCE_LABELS = ("S", "T", "U", "V", "W", "X", "Y", "Z")
+CONFIDENCE_RANGES = ("<5%", "5-10%", "10-20%", "20-40%", "40-60%", "60-80%", "80-90%", ">90%")
+# Midpoint (in %) of each bin; expected confidence = sum(p_bin * midpoint).
+CONFIDENCE_MIDPOINTS = (2.5, 7.5, 15.0, 30.0, 50.0, 70.0, 85.0, 95.0)
+
+
+def labels_for_pass(pass_name: str) -> tuple[str, ...]:
+    """The label tokens read out for a pass: A-D for ``mcq``, S-Z for the confidence passes."""
+    return ANSWER_LABELS if pass_name == "mcq" else CONFIDENCE_LABELS
+
+
+_SCALE = "\n".join(f"{label}: {rng}" for label, rng in zip(CONFIDENCE_LABELS, CONFIDENCE_RANGES))
+
+# Placeholders: {question}, {options} (the "A. ..." block), {A}..{D} (single options), {scale}.
+DEFAULT_TEMPLATES: dict[str, str] = {
+    "mcq": (
+        "Answer the following multiple-choice question.\n\n"
+        "Question: {question}\n{options}\n\n"
+        "Reply with the letter of the correct option (A, B, C or D) only."
+    ),
+    "self_conf": (
+        "Here is a multiple-choice question.\n\n"
+        "Question: {question}\n{options}\n\n"
+        "Do not answer it. Instead, how confident are you that you know the correct answer? "
+        "Choose one confidence bin:\n{scale}\n\n"
+        "Reply with the letter of the bin (S to Z) only."
+    ),
+    "other_conf": (
+        "Here is a multiple-choice question.\n\n"
+        "Question: {question}\n{options}\n\n"
+        "Do not answer it. Instead, estimate what share of college-educated people would know "
+        "the correct answer. Choose one bin:\n{scale}\n\n"
+        "Reply with the letter of the bin (S to Z) only."
+    ),
+}
+# Appended to the user message when the tokenizer has no chat template, so the next token is the
+# label: "...only.\nAnswer:" -> " B".
+PLAIN_SUFFIX = "\nAnswer:"
+
+
+def load_templates(path: str | Path | None) -> dict[str, str]:
+    """Default templates, with any overridden from a JSON file ``{"mcq": "...", ...}``.
+
+    Example:
+        >>> load_templates(None)["mcq"].startswith("Answer the following")
+        True
+    """
+    templates = dict(DEFAULT_TEMPLATES)
+    if path is None:
+        return templates
+    path = Path(path)
+    try:
+        overrides = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UserError(f"cannot read --prompt_templates {path}: {exc.strerror}; pass a readable JSON file") from exc
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--prompt_templates {path} is not valid JSON (line {exc.lineno}): {exc.msg}") from exc
+    if not isinstance(overrides, dict) or not set(overrides) <= set(PASSES):
+        raise UserError(f"--prompt_templates {path} must be a JSON object with keys among {list(PASSES)}")
+    for name, text in overrides.items():
+        if not isinstance(text, str) or "{question}" not in text:
+            raise UserError(f"--prompt_templates {path}: template '{name}' must be a string containing {{question}}")
+        try:
+            text.format(question="q", options="o", A="a", B="b", C="c", D="d", scale="s")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise UserError(f"--prompt_templates {path}: template '{name}' has a bad placeholder ({exc}); "
+                            "allowed: {question} {options} {A} {B} {C} {D} {scale}") from exc
+        templates[name] = text
+    return templates
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    """A prompt as the model sees it, with where the question and options sit in the text."""
+
+    text: str
+    question_char_span: tuple[int, int]
+    option_char_spans: tuple[tuple[int, int], ...]  # A..D, (start, end) character offsets in text
+
+
+def render_prompt(template: str, question: str, options: dict[str, str], tokenizer, use_chat_template: bool) -> RenderedPrompt:
+    """Render one pass's prompt for one question, through the chat template when there is one.
+
+    Character spans are found after rendering (the chat template may add text before the user
+    message), so token spans can later be derived from the tokenizer's offset mapping.
+
+    Example:
+        >>> p = render_prompt(DEFAULT_TEMPLATES["mcq"], "2+2?", {"A": "3", "B": "4", "C": "5", "D": "6"}, None, False)
+        >>> p.text[p.question_char_span[0]:p.question_char_span[1]]
+        '2+2?'
+    """
+    # Sentinels locate the question and options inside whatever the chat template wraps around them.
+    marks = {k: f"\x00{k}\x00" for k in ("question", *ANSWER_LABELS)}
+    marked_block = "\n".join(f"{label}. {marks[label]}" for label in ANSWER_LABELS)
+    user = template.format(question=marks["question"], options=marked_block, scale=_SCALE,
+                           **{label: marks[label] for label in ANSWER_LABELS})
+    if use_chat_template:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
+    else:
+        text = user + PLAIN_SUFFIX
+    values = {"question": question, **{label: options[label] for label in ANSWER_LABELS}}
+    spans: dict[str, tuple[int, int]] = {}
+    out, pos = [], 0
+    # Replace sentinels left to right, tracking where each value lands in the final text.
+    while True:
+        start = text.find("\x00", pos)
+        if start < 0:
+            out.append(text[pos:])
+            break
+        end = text.index("\x00", start + 1)
+        key = text[start + 1:end]
+        out.append(text[pos:start])
+        offset = sum(len(s) for s in out)
+        spans.setdefault(key, (offset, offset + len(values[key])))
+        out.append(values[key])
+        pos = end + 1
+    final = "".join(out)
+    missing = (-1, -1)
+    return RenderedPrompt(
+        text=final,
+        question_char_span=spans.get("question", missing),
+        option_char_spans=tuple(spans.get(label, missing) for label in ANSWER_LABELS),
+    )
+
+
+def char_span_to_token_span(offsets: list[tuple[int, int]], span: tuple[int, int]) -> tuple[int, int]:
+    """Map a character span to the [start, end) token span covering it (-1, -1 if absent).
+
+    Example:
+        >>> char_span_to_token_span([(0, 3), (3, 7), (7, 9)], (4, 8))
+        (1, 3)
+    """
+    start_c, end_c = span
+    if start_c < 0:
+        return (-1, -1)
+    toks = [i for i, (s, e) in enumerate(offsets) if e > start_c and s < end_c and e > s]
+    if not toks:
+        return (-1, -1)
+    return (toks[0], toks[-1] + 1)

@@ -1,0 +1,167 @@
+"""The on-disk layout of a run, and the rules that keep it consistent across crashes and reruns.
+
+::
+
+    output_dir/
+      run_config.json             every setting, versions, model identity, templates, label ids
+      dataset_dict.json           written last: the run is complete (load_from_disk(output_dir))
+      mcq/                        one split per pass, each a `load_from_disk`-able Dataset
+        data-00000-of-00004.arrow one shard = --save_every batches, written atomically by map
+        ...
+        dataset_info.json         written when every shard exists (features, description)
+        state.json                "
+      self_conf/ ...
+      other_conf/ ...
+
+A shard file that exists is complete: ``Dataset.map`` writes to a ``tmp*`` file in the same folder
+and renames it at the end. Stray ``tmp*`` files (a killed process) are removed on the next start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from datasets import Dataset, concatenate_datasets
+
+from .errors import UserError
+
+RUN_CONFIG = "run_config.json"
+DATASET_DICT = "dataset_dict.json"
+_OUR_FILES = {RUN_CONFIG, DATASET_DICT}
+
+
+def shard_path(output_dir: str | Path, pass_name: str, index: int, count: int) -> Path:
+    """Path of one shard, named as ``save_to_disk`` names them.
+
+    Example:
+        >>> shard_path("run", "mcq", 2, 5).as_posix()
+        'run/mcq/data-00002-of-00005.arrow'
+    """
+    return Path(output_dir) / pass_name / f"data-{index:05d}-of-{count:05d}.arrow"
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON so that a reader never sees half a file (tmp + rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=False, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_run_config(output_dir: str | Path) -> dict | None:
+    path = Path(output_dir) / RUN_CONFIG
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} is unreadable ({exc}); fix it or rerun with --overwrite") from exc
+
+
+def _is_run_dir(folder: Path, passes) -> bool:
+    names = {p.name for p in folder.iterdir()}
+    return RUN_CONFIG in names or (bool(names) and names <= _OUR_FILES | set(passes))
+
+
+def diff_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts.
+
+    Example:
+        >>> diff_keys({"a": 1, "b": {"c": 2}}, {"a": 1, "b": {"c": 3}})
+        ['b.c']
+    """
+    keys = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += diff_keys(a, b, f"{prefix}{k}.")
+        elif a != b:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+def prepare_output_dir(output_dir: str | Path, run_config: dict, *, overwrite: bool, passes) -> bool:
+    """Create, resume or (with overwrite) replace the run folder. Returns True when resuming.
+
+    Refuses a folder holding a run with another identity, and never deletes a folder that is not
+    a hf_introspect run.
+    """
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output_dir {out} is a file; pass a folder path")
+    if out.is_dir() and any(out.iterdir()):
+        if not _is_run_dir(out, passes):
+            raise UserError(f"--output_dir {out} is not empty and holds no hf_introspect run; "
+                            "choose a new folder (nothing there was touched)")
+        old = read_run_config(out)
+        if overwrite:
+            shutil.rmtree(out)
+        elif old is None:
+            raise UserError(f"--output_dir {out} holds run files but no {RUN_CONFIG}; rerun with --overwrite to start over")
+        else:
+            diff = diff_keys(old.get("identity", {}), run_config["identity"])
+            if diff:
+                shown = ", ".join(diff[:6]) + (" ..." if len(diff) > 6 else "")
+                raise UserError(f"--output_dir {out} holds a run with other settings ({shown}); "
+                                "use another folder, the same flags to resume, or --overwrite to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+    resuming = (out / RUN_CONFIG).is_file()
+    write_json_atomic(out / RUN_CONFIG, run_config)
+    return resuming
+
+
+def clean_partial_files(output_dir: str | Path, passes) -> list[Path]:
+    """Remove temp files that an interrupted map or a killed process left behind."""
+    removed = []
+    for name in passes:
+        folder = Path(output_dir) / name
+        if folder.is_dir():
+            for p in folder.iterdir():
+                if p.name.startswith("tmp") or p.name.startswith(".") and p.name.endswith(".tmp"):
+                    p.unlink(missing_ok=True)
+                    removed.append(p)
+    return removed
+
+
+def finalize_split(output_dir: str | Path, pass_name: str, count: int, expected_rows: int, fingerprint: str,
+                   description: str) -> Dataset:
+    """Write dataset_info.json and state.json over the shards, making the split loadable.
+
+    No data is copied: the shards already are the split's Arrow files.
+    """
+    folder = Path(output_dir) / pass_name
+    files = [shard_path(output_dir, pass_name, i, count) for i in range(count)]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise RuntimeError(f"cannot finalize {folder}: shards missing {missing[:3]}")
+    ds = concatenate_datasets([Dataset.from_file(str(f)) for f in files])
+    if len(ds) != expected_rows:
+        raise RuntimeError(f"{folder}: shards hold {len(ds)} rows, expected {expected_rows}")
+    info = ds.info
+    info.description = description
+    info.write_to_directory(str(folder))
+    state = {
+        "_data_files": [{"filename": f.name} for f in files],
+        "_fingerprint": fingerprint,
+        "_format_columns": None,
+        "_format_kwargs": {},
+        "_format_type": None,
+        "_output_all_columns": False,
+        "_split": pass_name,
+    }
+    write_json_atomic(folder / "state.json", state)
+    return ds
+
+
+def split_is_final(output_dir: str | Path, pass_name: str) -> bool:
+    folder = Path(output_dir) / pass_name
+    return (folder / "state.json").is_file() and (folder / "dataset_info.json").is_file()
+
+
+def finalize_run(output_dir: str | Path, passes) -> None:
+    write_json_atomic(Path(output_dir) / DATASET_DICT, {"splits": list(passes)})

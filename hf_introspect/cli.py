@@ -1,0 +1,70 @@
+"""`hf-introspect` command line: one subcommand per module in hf_introspect.commands.
+
+Errors the user can fix print as one line (``error: ...``) with exit status 2; ``--debug`` shows
+the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from .errors import UserError
+
+# subcommand -> module in hf_introspect.commands exposing add_arguments(parser) and run(args) -> int
+COMMANDS = {
+    "collect": "collect activations and behaviour for the three passes",
+    "inspect": "summarise one run, or compare two",
+}
+
+
+def setup_logging(debug: bool = False) -> None:
+    logging.basicConfig(format="[hf_introspect] %(message)s", level=logging.DEBUG if debug else logging.INFO,
+                        stream=sys.stderr)
+    logging.getLogger("hf_introspect").setLevel(logging.DEBUG if debug else logging.INFO)
+    # transformers/datasets chatter (deprecations, tokenizer notices) is noise for this tool's users.
+    for name in ("transformers", "datasets", "accelerate", "peft", "httpx", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as tf_logging
+
+        tf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+def run_command(module_name: str, args: argparse.Namespace) -> int:
+    """Run a subcommand with the project's error contract."""
+    setup_logging(getattr(args, "debug", False))
+    module = importlib.import_module(f"hf_introspect.commands.{module_name}")
+    try:
+        return int(module.run(args) or 0)
+    except UserError as exc:
+        if getattr(args, "debug", False):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished shards are kept; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hf-introspect", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(f"hf_introspect.commands.{name}").add_arguments(p)
+        add_common(p)
+    args = parser.parse_args(argv)
+    return run_command(args.command, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

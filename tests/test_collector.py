@@ -1,0 +1,217 @@
+"""End-to-end collection on a tiny random Llama: schema, values, reloads, resume, LoRA."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from datasets import Array2D, Dataset, Features, load_dataset, load_from_disk
+
+from hf_introspect.collector import collect
+from hf_introspect.config import CollectConfig
+from hf_introspect.errors import UserError
+from hf_introspect.prompts import CONFIDENCE_MIDPOINTS
+from hf_introspect.schema import layer_column, question_features
+
+N_QUESTIONS = 11  # not a multiple of the shard size: the last shard is short
+
+
+def make_questions(n: int = N_QUESTIONS) -> Dataset:
+    # Varied lengths so left padding really happens inside a batch.
+    rows = []
+    for i in range(n):
+        rows.append({
+            "question_id": f"q{i:03d}",
+            "question_text": "What is the capital of France" + " really" * (i % 4) + f" ({i})?",
+            "options": {"A": "Paris", "B": "Berlin", "C": "Rome" + "!" * (i % 3), "D": "Madrid"},
+            "correct_answer_letter": "ABCD"[i % 4],
+            "question_source": "test",
+            "option_source_index": [0, 1, 2, 3],
+        })
+    return Dataset.from_list(rows, features=Features(question_features()))
+
+
+def run_cfg(tmp_path, model_dir, name="run", **kw) -> CollectConfig:
+    kw.setdefault("batch_size", 3)
+    kw.setdefault("save_every", 2)
+    kw.setdefault("max_new_tokens", 3)
+    return CollectConfig(output_dir=str(tmp_path / name), model=str(model_dir), **kw)
+
+
+@pytest.fixture(scope="module")
+def base_run(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("collect")
+    cfg = run_cfg(out, tiny_model_dir)
+    return cfg, collect(cfg, questions=make_questions())
+
+
+def test_every_column_present_with_its_type(base_run):
+    cfg, ds = base_run
+    assert set(ds) == {"mcq", "self_conf", "other_conf"}
+    seed_columns = ["question_id", "question_text", "options", "correct_answer_letter", "model_name", "checkpoint_id",
+                    "prompt_type", "prompt_text", "temperature", "top_p", "max_new_tokens", "output_text",
+                    "parsed_answer", "logits", "probs", "entropy", "char_length", "token_length", "question_type",
+                    "has_negation", "has_ambiguity", "token_rarity_mean", "token_rarity_max", "seq_len", "input_ids",
+                    "question_token_span", "option_token_spans"]
+    for name, split in ds.items():
+        assert len(split) == N_QUESTIONS
+        for col in seed_columns:
+            assert col in split.column_names, (name, col)
+        # tiny model: 2 blocks -> 3 residual indices (embeddings, block 1, block 2 pre-norm)
+        acts = [c for c in split.column_names if c.startswith("activations_layer_")]
+        assert acts == [layer_column(i) for i in range(3)]
+        assert split.features[acts[0]] == Array2D(shape=(None, 64), dtype="float16")
+    mcq = ds["mcq"]
+    assert {"is_correct", "logit_margin", "answer_token_index"} <= set(mcq.column_names)
+    assert "self_confidence" in ds["self_conf"].column_names and "other_confidence" in ds["other_conf"].column_names
+    assert "is_correct" not in ds["self_conf"].column_names
+    assert mcq[0]["prompt_type"] == "mcq" and ds["self_conf"][0]["prompt_type"] == "self_confidence"
+    assert mcq[0]["checkpoint_id"] == "base" and mcq[0]["model_name"] == "tiny"
+    assert [r["question_id"] for r in mcq] == [f"q{i:03d}" for i in range(N_QUESTIONS)]  # question order kept
+
+
+def test_distributions_and_derived_values(base_run):
+    _, ds = base_run
+    mcq = ds["mcq"].with_format("numpy", columns=["probs", "logits", "entropy", "logit_margin",
+                                                  "correct_answer_letter", "parsed_answer", "is_correct"])[:]
+    probs = mcq["probs"].astype(np.float64)
+    assert probs.shape == (N_QUESTIONS, 4)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(-(probs * np.log(probs)).sum(1), mcq["entropy"], rtol=1e-5)
+    idx = np.array(["ABCD".index(c) for c in mcq["correct_answer_letter"]])
+    logits = mcq["logits"]
+    best_other = np.array([np.delete(logits[r], idx[r]).max() for r in range(N_QUESTIONS)])
+    np.testing.assert_allclose(mcq["logit_margin"], logits[np.arange(N_QUESTIONS), idx] - best_other, rtol=1e-5)
+    np.testing.assert_array_equal(mcq["is_correct"], mcq["parsed_answer"] == mcq["correct_answer_letter"])
+    for name, col in (("self_conf", "self_confidence"), ("other_conf", "other_confidence")):
+        split = ds[name].with_format("numpy", columns=["probs", col])[:]
+        p = split["probs"].astype(np.float64)
+        assert p.shape == (N_QUESTIONS, 8)
+        np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-6)
+        np.testing.assert_allclose(split[col], p @ np.array(CONFIDENCE_MIDPOINTS), rtol=1e-5)
+
+
+def test_row_equals_an_unbatched_forward(base_run, tiny_model_dir):
+    """Stored activations and restricted logits equal a plain, unpadded transformers forward."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg, ds = base_run
+    net = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    label_ids = {L: [tok.convert_tokens_to_ids(t) for t in (L, "Ġ" + L) if tok.convert_tokens_to_ids(t) != tok.unk_token_id]
+                 for L in "ABCD"}
+    split = ds["mcq"].with_format("numpy", dtype=None)
+    for r in (0, 5, N_QUESTIONS - 1):  # rows from different batches and shards, different pad widths
+        row = split[r]
+        ids = torch.tensor(row["input_ids"], dtype=torch.long)[None]
+        captured = {}
+        hook = net.model.layers[-1].register_forward_hook(
+            lambda m, a, o: captured.setdefault("x", o[0] if isinstance(o, tuple) else o))
+        with torch.no_grad():
+            out = net(input_ids=ids, output_hidden_states=True)
+        hook.remove()
+        expected = [out.hidden_states[0][0], out.hidden_states[1][0], captured["x"][0]]
+        for i, ref in enumerate(expected):
+            got = row[layer_column(i)]
+            assert got.dtype == np.float16 and got.shape == (row["seq_len"], 64)
+            np.testing.assert_allclose(got.astype(np.float32), ref.numpy(), atol=2e-3, rtol=2e-3)
+        last = out.logits[0, -1]
+        ref_logits = [torch.logsumexp(last[label_ids[L]], 0).item() for L in "ABCD"]
+        np.testing.assert_allclose(row["logits"], ref_logits, atol=1e-4)
+        assert row["answer_token_index"] == row["seq_len"] - 1
+        np.testing.assert_array_equal(row["activation_positions"], np.arange(row["seq_len"]))
+
+
+def test_output_text_is_the_greedy_continuation(base_run, tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _, ds = base_run
+    net = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    row = ds["self_conf"][4]
+    gen = net.generate(torch.tensor([row["input_ids"]]), max_new_tokens=3, do_sample=False,
+                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    new = [t for t in gen[0, len(row["input_ids"]):].tolist() if t != tok.eos_token_id]
+    assert row["output_text"] == tok.decode(new, skip_special_tokens=True)
+    assert row["parse_source"] in ("output_text", "argmax")
+
+
+def test_reload_is_bit_exact(base_run):
+    cfg, ds = base_run
+    again = load_from_disk(cfg.output_dir)
+    files = sorted(str(p) for p in (__import__("pathlib").Path(cfg.output_dir) / "mcq").glob("data-*.arrow"))
+    arrow = load_dataset("arrow", data_files=files, split="train")
+    assert arrow.features == ds["mcq"].features
+    for other in (again["mcq"], arrow):
+        for col in ("logits", layer_column(0), layer_column(2)):
+            a = ds["mcq"].with_format("numpy", dtype=None)[col]
+            b = other.with_format("numpy", dtype=None)[col]
+            for x, y in zip(a, b):
+                assert x.dtype == y.dtype
+                np.testing.assert_array_equal(x, y)
+
+
+def test_interrupted_run_resumes_to_the_same_data(base_run, tiny_model_dir, tmp_path, monkeypatch):
+    from hf_introspect import collector
+
+    cfg, reference = base_run
+    calls = {"n": 0}
+    real = collector.run_batch
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 6:  # mid-way through the self_conf pass
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(collector, "run_batch", flaky)
+    resumed_cfg = run_cfg(tmp_path, tiny_model_dir)
+    with pytest.raises(KeyboardInterrupt):
+        collect(resumed_cfg, questions=make_questions())
+    assert not list((tmp_path / "run").glob("*/tmp*"))  # map removed its temp file
+    assert not (tmp_path / "run" / "dataset_dict.json").exists()
+    monkeypatch.setattr(collector, "run_batch", real)
+    resumed = collect(resumed_cfg, questions=make_questions())
+    for name in reference:
+        a, b = reference[name].with_format("numpy", dtype=None), resumed[name].with_format("numpy", dtype=None)
+        assert a.column_names == b.column_names
+        for col in a.column_names:
+            for x, y in zip(a[col], b[col]):
+                np.testing.assert_array_equal(x, y)
+
+
+def test_rerun_with_other_settings_is_refused(base_run, tiny_model_dir, tmp_path):
+    cfg, _ = base_run
+    other = CollectConfig(output_dir=cfg.output_dir, model=str(tiny_model_dir), batch_size=3, save_every=2,
+                          max_new_tokens=5)
+    with pytest.raises(UserError, match="max_new_tokens"):
+        collect(other, questions=make_questions())
+
+
+def test_finetuned_adapter_changes_logits(base_run, tiny_model_dir, tiny_lora_dir, tmp_path):
+    _, base = base_run
+    cfg = run_cfg(tmp_path, tiny_model_dir, "ft", model_type="finetuned", lora_checkpoint=str(tiny_lora_dir),
+                  passes=("mcq",))
+    ft = collect(cfg, questions=make_questions())
+    assert ft["mcq"][0]["checkpoint_id"] == "ckpt_step_1280"
+    a = np.array(base["mcq"]["logits"])
+    b = np.array(ft["mcq"]["logits"])
+    assert np.abs(a - b).max() > 1e-3
+    # The embedding output is untouched by a q/v-projection LoRA; later layers move.
+    e0 = base["mcq"].with_format("numpy", dtype=None)[0]
+    e1 = ft["mcq"].with_format("numpy", dtype=None)[0]
+    np.testing.assert_array_equal(e0[layer_column(0)], e1[layer_column(0)])
+    assert np.abs(e0[layer_column(2)].astype(np.float32) - e1[layer_column(2)].astype(np.float32)).max() > 1e-3
+
+
+def test_storage_controls_select_layers_and_positions(tiny_model_dir, tmp_path):
+    cfg = run_cfg(tmp_path, tiny_model_dir, layers="0,2", positions="question+last", passes=("mcq",),
+                  max_new_tokens=0)
+    ds = collect(cfg, questions=make_questions(4))["mcq"].with_format("numpy", dtype=None)
+    assert [c for c in ds.column_names if c.startswith("activations_")] == [layer_column(0), layer_column(2)]
+    row = ds[1]
+    qs, qe = row["question_token_span"]
+    np.testing.assert_array_equal(row["activation_positions"], list(range(qs, qe)) + [row["seq_len"] - 1])
+    assert row[layer_column(2)].shape == (qe - qs + 1, 64)
+    assert row["output_text"] == ""  # max_new_tokens 0: the distribution only
+    assert row["parse_source"] == "argmax"

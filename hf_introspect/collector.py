@@ -220,11 +220,12 @@ def collect(cfg: CollectConfig, *, lm: LoadedModel | None = None, questions: Dat
     """
     state = _process_state(cfg.device_map)
     if questions is None:
-        from .questions import load_questions
+        from .questions import load_questions, parse_question_columns
 
+        columns = parse_question_columns(cfg.question_columns) if cfg.question_columns else None
         questions = load_questions(cfg.questions, num_questions=cfg.num_questions, seed=cfg.seed,
                                    shuffle_options=cfg.shuffle_options, question_ids=cfg.question_ids,
-                                   source_format=cfg.question_format)
+                                   source_format=cfg.question_format, columns=columns)
     elif cfg.num_questions is not None:
         if cfg.num_questions > len(questions):
             raise UserError(f"--num_questions {cfg.num_questions} is more than the {len(questions)} questions available")

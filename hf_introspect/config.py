@@ -42,6 +42,7 @@ class CollectConfig:
     shuffle_options: bool | None = None  # None = the source's own rule
     question_ids: str | None = None  # file with exact ids to use
     question_format: str | None = None  # e.g. "cais/mmlu" for a local file in that schema
+    question_columns: str | None = None  # "question=COL,answer=COL,options=COL1,COL2,..." for other layouts
 
     # --- passes and prompts ---
     passes: tuple[str, ...] = PASSES

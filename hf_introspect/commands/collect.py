@@ -11,14 +11,6 @@ from pathlib import Path
 logger = logging.getLogger("hf_introspect")
 
 
-def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes"):
-        return True
-    if text.lower() in ("0", "false", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None, help="Hub id, local folder or .gguf file (default: embedded SmolLM2-135M-Instruct)")
@@ -31,9 +23,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="PATH.jsonl|.json|.csv|.parquet or hub:REPO[:CONFIG][:SPLIT] (default: built-in bank)")
     g.add_argument("--num_questions", type=int, default=None, help="seeded sample of N questions (default: all)")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--shuffle_options", type=_bool, default=None, help="true/false (default: the source's rule)")
+    g.add_argument("--shuffle_options", dest="shuffle_options", action="store_true", default=None,
+                   help="shuffle options with the seed (default: only sources with the answer in a fixed slot)")
+    g.add_argument("--no_shuffle_options", dest="shuffle_options", action="store_false", help="keep the source order")
     g.add_argument("--question_ids", default=None, help="file of exact question ids to use (one per line)")
     g.add_argument("--question_format", default=None, help="schema of a local file, e.g. cais/mmlu")
+    g.add_argument("--question_columns", default=None,
+                   help="question=COL,answer=COL,options=COL1,COL2,COL3,COL4[,id=COL] for files in another layout")
     g = p.add_argument_group("passes")
     g.add_argument("--passes", default="mcq,self_conf,other_conf")
     g.add_argument("--prompt_templates", default=None, help="JSON file overriding the templates per pass")

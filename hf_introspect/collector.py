@@ -9,8 +9,10 @@ resumed run may use a different number of processes than the first attempt.
 
 from __future__ import annotations
 
+import errno
 import logging
 import platform
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +27,13 @@ from .config import CollectConfig, config_hash, kept_positions, parse_layers
 from .errors import UserError
 from .inference import BatchOutput, row_generator, run_batch
 from .model_loading import LoadedModel, load_model
+from .planning import Plan, check_fits, free_bytes, plan_pass
 from .prompt_dataset import build_prompt_dataset
 from .prompts import PROMPT_TYPES, labels_for_pass, load_templates
 from .readout import entropy_nats, expected_confidence, logit_margin, parse_label, resolve_label_token_ids, softmax_np
 from .schema import layer_column, pass_features
-from .storage import (clean_partial_files, finalize_run, finalize_split, prepare_output_dir, shard_path,
-                      split_is_final)
+from .storage import (check_output_dir, clean_partial_files, existing_bytes, finalize_run, finalize_split,
+                      prepare_output_dir, shard_path, split_is_final)
 
 logger = logging.getLogger("hf_introspect")
 
@@ -208,10 +211,41 @@ def build_run_config(cfg: CollectConfig, lm: LoadedModel, templates: dict, layer
     }
 
 
-def collect(cfg: CollectConfig, *, lm: LoadedModel | None = None, questions: Dataset | None = None) -> DatasetDict:
+def _load_question_set(cfg: CollectConfig, questions: Dataset | None) -> Dataset:
+    if questions is None:
+        from .questions import load_questions, parse_question_columns
+
+        columns = parse_question_columns(cfg.question_columns) if cfg.question_columns else None
+        return load_questions(cfg.questions, num_questions=cfg.num_questions, seed=cfg.seed,
+                              shuffle_options=cfg.shuffle_options, question_ids=cfg.question_ids,
+                              source_format=cfg.question_format, columns=columns)
+    if cfg.num_questions is not None:
+        if cfg.num_questions > len(questions):
+            raise UserError(f"--num_questions {cfg.num_questions} is more than the {len(questions)} questions available")
+        return questions.select(range(cfg.num_questions))
+    return questions
+
+
+def _warmup_seconds(ctx: PassContext, prompts: Dataset, total_tokens: int) -> float:
+    """Time one micro-batch of the longest prompts and extrapolate by token count (an upper bound:
+    the first batch also pays one-off start-up costs)."""
+    lengths = prompts["seq_len"]
+    longest = sorted(range(len(lengths)), key=lambda r: -lengths[r])[:ctx.micro_batch]
+    rows = prompts.select(longest)
+    seqs = rows["input_ids"]
+    positions = [kept_positions(ctx.cfg.positions, len(s), tuple(sp)) for s, sp in zip(seqs, rows["question_token_span"])]
+    t0 = time.perf_counter()
+    _run_with_backoff(ctx, list(range(len(seqs))), seqs, positions, rows["question_id"])
+    elapsed = time.perf_counter() - t0
+    return elapsed * total_tokens / max(1, sum(len(s) for s in seqs))
+
+
+def collect(cfg: CollectConfig, *, lm: LoadedModel | None = None, questions: Dataset | None = None) -> DatasetDict | Plan:
     """Run every pass for every question and write the dataset to ``cfg.output_dir``.
 
-    ``lm`` and ``questions`` may be passed in (tests, notebooks) to skip loading them again.
+    Prints a plan (rows, tokens, bytes, free disk, estimated time) first; with ``cfg.dry_run`` it
+    returns that :class:`Plan` and writes nothing. ``lm`` and ``questions`` may be passed in
+    (tests, notebooks) to skip loading them again.
 
     Example:
         >>> ds = collect(CollectConfig(output_dir="test_run_base", num_questions=10, batch_size=4))  # doctest: +SKIP
@@ -219,17 +253,10 @@ def collect(cfg: CollectConfig, *, lm: LoadedModel | None = None, questions: Dat
         Array2D(shape=(None, 576), dtype='float16')
     """
     state = _process_state(cfg.device_map)
-    if questions is None:
-        from .questions import load_questions, parse_question_columns
-
-        columns = parse_question_columns(cfg.question_columns) if cfg.question_columns else None
-        questions = load_questions(cfg.questions, num_questions=cfg.num_questions, seed=cfg.seed,
-                                   shuffle_options=cfg.shuffle_options, question_ids=cfg.question_ids,
-                                   source_format=cfg.question_format, columns=columns)
-    elif cfg.num_questions is not None:
-        if cfg.num_questions > len(questions):
-            raise UserError(f"--num_questions {cfg.num_questions} is more than the {len(questions)} questions available")
-        questions = questions.select(range(cfg.num_questions))
+    out = Path(cfg.output_dir)
+    # Cheap checks first: a conflicting folder is refused before minutes of model loading.
+    check_output_dir(out, cfg.identity(), overwrite=cfg.overwrite, passes=cfg.passes)
+    questions = _load_question_set(cfg, questions)
     templates = load_templates(cfg.prompt_templates)
     if lm is None:
         lm = load_model(cfg.model, lora_checkpoint=cfg.lora_checkpoint, dtype=cfg.dtype,
@@ -240,7 +267,24 @@ def collect(cfg: CollectConfig, *, lm: LoadedModel | None = None, questions: Dat
     shard_plan = {"rows_per_shard": cfg.shard_rows, "num_shards": n_shards}
     run_config = build_run_config(cfg, lm, templates, layers, label_ids, questions, shard_plan)
     run_id = run_config["run_id"]
-    out = Path(cfg.output_dir)
+    eos = _eos_ids(lm)
+    on_gpu = next(lm.model.parameters()).device.type == "cuda"
+    micro = (cfg.shard_rows if on_gpu else 8) if cfg.batch_size == "auto" else cfg.nominal_batch_size
+
+    prompts = {p: build_prompt_dataset(questions, p, templates[p], lm.tokenizer, lm.use_chat_template,
+                                       fingerprint=f"{run_id}-{p}-prompts") for p in cfg.passes}
+    contexts = {p: PassContext(cfg, lm, p, labels_for_pass(p), label_ids[p], layers, eos, micro) for p in cfg.passes}
+    plan = Plan(passes=[plan_pass(p, prompts[p]["seq_len"], prompts[p]["question_token_span"], cfg.positions, layers,
+                                  lm.hidden_size, cfg.act_dtype) for p in cfg.passes],
+                layers=layers, hidden=lm.hidden_size, act_dtype=cfg.act_dtype, free_bytes=free_bytes(out),
+                done_bytes=existing_bytes(out, cfg.passes) if not cfg.overwrite else 0)
+    first = cfg.passes[0]
+    plan.seconds = _warmup_seconds(contexts[first], prompts[first], sum(pp.prompt_tokens for pp in plan.passes))
+    if state.is_main_process:
+        print(str(plan), file=sys.stderr)
+    if cfg.dry_run:
+        return plan
+    check_fits(plan, str(out), cfg.force)
 
     if state.is_main_process:
         resuming = prepare_output_dir(out, run_config, overwrite=cfg.overwrite, passes=cfg.passes)
@@ -258,13 +302,8 @@ def collect(cfg: CollectConfig, *, lm: LoadedModel | None = None, questions: Dat
         for pass_name in cfg.passes:
             if split_is_final(out, pass_name):
                 continue
-            prompts = build_prompt_dataset(questions, pass_name, templates[pass_name], lm.tokenizer,
-                                           lm.use_chat_template, fingerprint=f"{run_id}-{pass_name}-prompts")
-            labels = labels_for_pass(pass_name)
-            features = pass_features(pass_name, len(labels), layers, lm.hidden_size, cfg.act_dtype)
-            micro = cfg.shard_rows if cfg.batch_size == "auto" else cfg.nominal_batch_size
-            ctx = PassContext(cfg, lm, pass_name, labels, label_ids[pass_name], layers, _eos_ids(lm), micro)
-            fn = _shard_function(ctx)
+            features = pass_features(pass_name, len(labels_for_pass(pass_name)), layers, lm.hidden_size, cfg.act_dtype)
+            fn = _shard_function(contexts[pass_name])
             mine = [i for i in range(n_shards) if i % state.num_processes == state.process_index]
             bar = tqdm(total=len(mine), desc=f"{pass_name} (shards)", unit="shard",
                        disable=not state.is_local_main_process)
@@ -273,9 +312,16 @@ def collect(cfg: CollectConfig, *, lm: LoadedModel | None = None, questions: Dat
                 if not path.is_file():
                     lo, hi = i * cfg.shard_rows, min((i + 1) * cfg.shard_rows, len(questions))
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    prompts.select(range(lo, hi)).map(
-                        fn, batched=True, batch_size=hi - lo, features=features, cache_file_name=str(path),
-                        new_fingerprint=f"{run_id}-{pass_name}-{i:05d}", load_from_cache_file=False)
+                    try:
+                        prompts[pass_name].select(range(lo, hi)).map(
+                            fn, batched=True, batch_size=hi - lo, features=features, cache_file_name=str(path),
+                            new_fingerprint=f"{run_id}-{pass_name}-{i:05d}", load_from_cache_file=False)
+                    except OSError as exc:
+                        if exc.errno == errno.ENOSPC:
+                            raise UserError(f"disk full while writing {path.name} of {pass_name}; the {i} finished "
+                                            "shard(s) are kept: free space (see the plan) and rerun the same command "
+                                            "to resume") from exc
+                        raise
                 bar.update(1)
             bar.close()
             state.wait_for_everyone()

@@ -85,39 +85,72 @@ def diff_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-def prepare_output_dir(output_dir: str | Path, run_config: dict, *, overwrite: bool, passes) -> bool:
-    """Create, resume or (with overwrite) replace the run folder. Returns True when resuming.
+def check_output_dir(output_dir: str | Path, config_identity: dict, *, overwrite: bool, passes) -> None:
+    """Read-only check, run by every process before anything is loaded or written.
 
-    Refuses a folder holding a run with another identity, and never deletes a folder that is not
-    a hf_introspect run.
+    Refuses a file, a non-empty folder that is not a hf_introspect run (never deleted, even with
+    overwrite), and a run made with other settings (unless overwrite).
     """
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--output_dir {out} is a file; pass a folder path")
-    if out.is_dir() and any(out.iterdir()):
-        if not _is_run_dir(out, passes):
-            raise UserError(f"--output_dir {out} is not empty and holds no hf_introspect run; "
-                            "choose a new folder (nothing there was touched)")
-        old = read_run_config(out)
-        if overwrite:
-            shutil.rmtree(out)
-        elif old is None:
-            raise UserError(f"--output_dir {out} holds run files but no {RUN_CONFIG}; rerun with --overwrite to start over")
-        else:
-            diff = diff_keys(old.get("identity", {}), run_config["identity"])
-            if diff:
-                shown = ", ".join(diff[:6]) + (" ..." if len(diff) > 6 else "")
-                raise UserError(f"--output_dir {out} holds a run with other settings ({shown}); "
-                                "use another folder, the same flags to resume, or --overwrite to replace it")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not _is_run_dir(out, passes):
+        raise UserError(f"--output_dir {out} is not empty and holds no hf_introspect run; "
+                        "choose a new folder (nothing there was touched)")
+    if overwrite:
+        return
+    old = read_run_config(out)
+    if old is None:
+        raise UserError(f"--output_dir {out} holds run files but no {RUN_CONFIG}; rerun with --overwrite to start over")
+    diff = diff_keys(old.get("identity", {}).get("config", {}), config_identity)
+    if diff:
+        shown = ", ".join(diff[:6]) + (" ..." if len(diff) > 6 else "")
+        raise UserError(f"--output_dir {out} holds a run with other settings ({shown}); "
+                        "use another folder, the same flags to resume, or --overwrite to replace it")
+
+
+def prepare_output_dir(output_dir: str | Path, run_config: dict, *, overwrite: bool, passes) -> bool:
+    """Create, resume or (with overwrite) replace the run folder. Returns True when resuming.
+
+    Main process only, after :func:`check_output_dir` passed everywhere.
+    """
+    out = Path(output_dir)
+    check_output_dir(out, run_config["identity"]["config"], overwrite=overwrite, passes=passes)
+    old = read_run_config(out) if out.is_dir() else None
+    if overwrite and out.is_dir():
+        shutil.rmtree(out)
+        old = None
+    elif old is not None:
+        # Same flags, but the model, adapter, templates or questions may have changed underneath.
+        diff = diff_keys(old.get("identity", {}), run_config["identity"])
+        if diff:
+            shown = ", ".join(diff[:6]) + (" ..." if len(diff) > 6 else "")
+            raise UserError(f"--output_dir {out} holds a run of other data ({shown}); "
+                            "use another folder or --overwrite to replace it")
     out.mkdir(parents=True, exist_ok=True)
-    resuming = (out / RUN_CONFIG).is_file()
     write_json_atomic(out / RUN_CONFIG, run_config)
-    return resuming
+    return old is not None
+
+
+def existing_bytes(output_dir: str | Path, passes) -> int:
+    """Bytes of finished shards already in the folder (a resumed run does not need them again)."""
+    total = 0
+    for name in passes:
+        folder = Path(output_dir) / name
+        if folder.is_dir():
+            total += sum(p.stat().st_size for p in folder.glob("data-*.arrow"))
+    return total
 
 
 def clean_partial_files(output_dir: str | Path, passes) -> list[Path]:
     """Remove temp files that an interrupted map or a killed process left behind."""
     removed = []
+    stale = Path(output_dir) / f".{RUN_CONFIG}.tmp"
+    if stale.exists():
+        stale.unlink()
+        removed.append(stale)
     for name in passes:
         folder = Path(output_dir) / name
         if folder.is_dir():

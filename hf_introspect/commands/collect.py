@@ -44,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--positions", default="all", help="all | last | last:N | answer | question | question+last")
     g.add_argument("--act_dtype", default="float16", choices=["float16", "float32"])
     g.add_argument("--overwrite", action="store_true", help="replace an existing run in --output_dir")
+    g.add_argument("--dry_run", action="store_true", help="print the plan (sizes, free disk, time) and write nothing")
+    g.add_argument("--force", action="store_true", help="start even if the plan says the disk is too small")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -63,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     ds = collect(cfg)
+    if cfg.dry_run:
+        print("dry run: nothing was written")
+        return 0
     elapsed = time.perf_counter() - start
     out = Path(cfg.output_dir)
     rows = {name: len(split) for name, split in ds.items()}

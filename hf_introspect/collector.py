@@ -271,6 +271,17 @@ def collect(cfg: CollectConfig, *, lm: LoadedModel | None = None, questions: Dat
     on_gpu = next(lm.model.parameters()).device.type == "cuda"
     micro = (cfg.shard_rows if on_gpu else 8) if cfg.batch_size == "auto" else cfg.nominal_batch_size
 
+    progress_was_on = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()  # our own bars, one per pass, instead of one per map call
+    try:
+        return _collect(cfg, state, out, questions, templates, lm, layers, label_ids, n_shards, run_config, micro, eos)
+    finally:
+        if progress_was_on:
+            ds_logging.enable_progress_bar()
+
+
+def _collect(cfg, state, out, questions, templates, lm, layers, label_ids, n_shards, run_config, micro, eos):
+    run_id = run_config["run_id"]
     prompts = {p: build_prompt_dataset(questions, p, templates[p], lm.tokenizer, lm.use_chat_template,
                                        fingerprint=f"{run_id}-{p}-prompts") for p in cfg.passes}
     contexts = {p: PassContext(cfg, lm, p, labels_for_pass(p), label_ids[p], layers, eos, micro) for p in cfg.passes}
@@ -294,46 +305,39 @@ def collect(cfg: CollectConfig, *, lm: LoadedModel | None = None, questions: Dat
                         f" (removed {len(removed)} partial file(s))" if removed else "")
     state.wait_for_everyone()
 
-    progress_was_on = ds_logging.is_progress_bar_enabled()
-    ds_logging.disable_progress_bar()  # one bar of ours per pass instead of one per shard
-    try:
-        from tqdm.auto import tqdm
+    from tqdm.auto import tqdm
 
-        for pass_name in cfg.passes:
-            if split_is_final(out, pass_name):
-                continue
-            features = pass_features(pass_name, len(labels_for_pass(pass_name)), layers, lm.hidden_size, cfg.act_dtype)
-            fn = _shard_function(contexts[pass_name])
-            mine = [i for i in range(n_shards) if i % state.num_processes == state.process_index]
-            bar = tqdm(total=len(mine), desc=f"{pass_name} (shards)", unit="shard",
-                       disable=not state.is_local_main_process)
-            for i in mine:
-                path = shard_path(out, pass_name, i, n_shards)
-                if not path.is_file():
-                    lo, hi = i * cfg.shard_rows, min((i + 1) * cfg.shard_rows, len(questions))
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    try:
-                        prompts[pass_name].select(range(lo, hi)).map(
-                            fn, batched=True, batch_size=hi - lo, features=features, cache_file_name=str(path),
-                            new_fingerprint=f"{run_id}-{pass_name}-{i:05d}", load_from_cache_file=False)
-                    except OSError as exc:
-                        if exc.errno == errno.ENOSPC:
-                            raise UserError(f"disk full while writing {path.name} of {pass_name}; the {i} finished "
-                                            "shard(s) are kept: free space (see the plan) and rerun the same command "
-                                            "to resume") from exc
-                        raise
-                bar.update(1)
-            bar.close()
-            state.wait_for_everyone()
-            if state.is_main_process:
-                description = (f"hf_introspect {PROMPT_TYPES[pass_name]} pass of {lm.source.model_name} "
-                               f"({lm.checkpoint_id}); {RESIDUAL_DOC}; label token ids {label_ids[pass_name]}")
-                finalize_split(out, pass_name, n_shards, len(questions), f"{run_id}-{pass_name}", description)
-            state.wait_for_everyone()
-        if state.is_main_process:
-            finalize_run(out, cfg.passes)
+    for pass_name in cfg.passes:
+        if split_is_final(out, pass_name):
+            continue
+        features = pass_features(pass_name, len(labels_for_pass(pass_name)), layers, lm.hidden_size, cfg.act_dtype)
+        fn = _shard_function(contexts[pass_name])
+        mine = [i for i in range(n_shards) if i % state.num_processes == state.process_index]
+        bar = tqdm(total=len(mine), desc=f"{pass_name} (shards)", unit="shard",
+                   disable=not state.is_local_main_process)
+        for i in mine:
+            path = shard_path(out, pass_name, i, n_shards)
+            if not path.is_file():
+                lo, hi = i * cfg.shard_rows, min((i + 1) * cfg.shard_rows, len(questions))
+                path.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    prompts[pass_name].select(range(lo, hi)).map(
+                        fn, batched=True, batch_size=hi - lo, features=features, cache_file_name=str(path),
+                        new_fingerprint=f"{run_id}-{pass_name}-{i:05d}", load_from_cache_file=False)
+                except OSError as exc:
+                    if exc.errno == errno.ENOSPC:
+                        raise UserError(f"disk full while writing {pass_name}/{path.name}; finished shards are "
+                                        "kept: free space (see the plan) and rerun the same command to resume") from exc
+                    raise
+            bar.update(1)
+        bar.close()
         state.wait_for_everyone()
-    finally:
-        if progress_was_on:
-            ds_logging.enable_progress_bar()
+        if state.is_main_process:
+            description = (f"hf_introspect {PROMPT_TYPES[pass_name]} pass of {lm.source.model_name} "
+                           f"({lm.checkpoint_id}); {RESIDUAL_DOC}; label token ids {label_ids[pass_name]}")
+            finalize_split(out, pass_name, n_shards, len(questions), f"{run_id}-{pass_name}", description)
+        state.wait_for_everyone()
+    if state.is_main_process:
+        finalize_run(out, cfg.passes)
+    state.wait_for_everyone()
     return load_from_disk(str(out))

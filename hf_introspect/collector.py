@@ -185,7 +185,10 @@ def _process_state(device_map: str | None):
     `accelerate launch --multi_gpu --num_processes N` see N ranks (plain PartialState says 1 of 1)."""
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available())
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if not state.is_main_process:
+        logger.setLevel(logging.WARNING)  # one copy of the plan and progress, from rank 0
+    return state
 
 
 def build_run_config(cfg: CollectConfig, lm: LoadedModel, templates: dict, layers: list[int], label_ids: dict,
@@ -227,15 +230,18 @@ def _load_question_set(cfg: CollectConfig, questions: Dataset | None) -> Dataset
 
 
 def _warmup_seconds(ctx: PassContext, prompts: Dataset, total_tokens: int) -> float:
-    """Time one micro-batch of the longest prompts and extrapolate by token count (an upper bound:
-    the first batch also pays one-off start-up costs)."""
+    """Estimated inference time: one micro-batch of the longest prompts is run twice (the first
+    run pays one-off start-up costs and proves the largest batch fits in memory), the second is
+    timed and extrapolated by token count."""
     lengths = prompts["seq_len"]
     longest = sorted(range(len(lengths)), key=lambda r: -lengths[r])[:ctx.micro_batch]
     rows = prompts.select(longest)
     seqs = rows["input_ids"]
     positions = [kept_positions(ctx.cfg.positions, len(s), tuple(sp)) for s, sp in zip(seqs, rows["question_token_span"])]
+    order = list(range(len(seqs)))
+    _run_with_backoff(ctx, order, seqs, positions, rows["question_id"])
     t0 = time.perf_counter()
-    _run_with_backoff(ctx, list(range(len(seqs))), seqs, positions, rows["question_id"])
+    _run_with_backoff(ctx, order, seqs, positions, rows["question_id"])
     elapsed = time.perf_counter() - t0
     return elapsed * total_tokens / max(1, sum(len(s) for s in seqs))
 

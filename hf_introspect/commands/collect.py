@@ -65,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     ds = collect(cfg)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return 0
     if cfg.dry_run:
         print("dry run: nothing was written")
         return 0

@@ -230,18 +230,16 @@ def _load_question_set(cfg: CollectConfig, questions: Dataset | None) -> Dataset
 
 
 def _warmup_seconds(ctx: PassContext, prompts: Dataset, total_tokens: int) -> float:
-    """Estimated inference time: one micro-batch of the longest prompts is run twice (the first
-    run pays one-off start-up costs and proves the largest batch fits in memory), the second is
-    timed and extrapolated by token count."""
+    """Estimated inference time: one micro-batch of the longest prompts, timed and extrapolated by
+    token count. An upper bound (it also pays one-off start-up costs), and it proves early that
+    the largest batch fits in memory."""
     lengths = prompts["seq_len"]
     longest = sorted(range(len(lengths)), key=lambda r: -lengths[r])[:ctx.micro_batch]
     rows = prompts.select(longest)
     seqs = rows["input_ids"]
     positions = [kept_positions(ctx.cfg.positions, len(s), tuple(sp)) for s, sp in zip(seqs, rows["question_token_span"])]
-    order = list(range(len(seqs)))
-    _run_with_backoff(ctx, order, seqs, positions, rows["question_id"])
     t0 = time.perf_counter()
-    _run_with_backoff(ctx, order, seqs, positions, rows["question_id"])
+    _run_with_backoff(ctx, list(range(len(seqs))), seqs, positions, rows["question_id"])
     elapsed = time.perf_counter() - t0
     return elapsed * total_tokens / max(1, sum(len(s) for s in seqs))
 

@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 from .errors import UserError  # noqa: E402
 
-__all__ = ["UserError", "__version__", "CollectConfig", "collect"]
+__all__ = ["UserError", "__version__", "CollectConfig", "collect", "load_run", "layer_matrix"]
 
 
 def __getattr__(name):
@@ -17,4 +17,8 @@ def __getattr__(name):
         from .collector import collect
 
         return collect
+    if name in ("load_run", "layer_matrix"):
+        from . import loading
+
+        return getattr(loading, name)
     raise AttributeError(name)

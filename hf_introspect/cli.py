@@ -17,6 +17,9 @@ from .errors import UserError
 COMMANDS = {
     "collect": "collect activations and behaviour for the three passes",
     "inspect": "summarise one run, or compare two",
+    "push": "push a run to a Hub dataset repo (one config per model, one split per pass)",
+    "export": "write a run as the Hub repo layout (parquet + README) or the seed's per-layer .npy layout",
+    "merge": "merge runs of the same model and settings on different questions into one run",
 }
 
 

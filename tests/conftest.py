@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# huggingface_hub reads these once, at import: set them before any test module imports it.
+for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ[_var] = "1"
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 

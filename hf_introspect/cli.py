@@ -58,6 +58,15 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 
+def standalone_main(command: str, prog: str, description: str, argv: list[str] | None = None) -> int:
+    """Entry point of a seed-style script (``scripts/*.py``) running one subcommand."""
+    module = importlib.import_module(f"hf_introspect.commands.{command}")
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    module.add_arguments(parser)
+    add_common(parser)
+    return run_command(command, parser.parse_args(argv))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hf-introspect", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)

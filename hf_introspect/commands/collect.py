@@ -87,13 +87,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..cli import add_common, run_command
+    from ..cli import standalone_main
 
-    parser = argparse.ArgumentParser(prog="collect_activations.py", description="Collect activations and behaviour for the three passes.")
-    add_arguments(parser)
-    add_common(parser)
-    args = parser.parse_args(argv)
-    return run_command("collect", args)
+    return standalone_main("collect", "collect_activations.py",
+                           "Collect activations and behaviour for the three passes.", argv)
 
 
 if __name__ == "__main__":

@@ -70,15 +70,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..cli import add_common, run_command
+    from ..cli import standalone_main
 
-    parser = argparse.ArgumentParser(prog="inspect_collected_data.py",
-                                     description="Summarise a collected run (behaviour, confidence, calibration, "
-                                                 "activations), or compare two runs.")
-    add_arguments(parser)
-    add_common(parser)
-    args = parser.parse_args(argv)
-    return run_command("inspect", args)
+    return standalone_main("inspect", "inspect_collected_data.py",
+                           "Summarise a collected run (behaviour, confidence, calibration, activations), "
+                           "or compare two runs.", argv)
 
 
 if __name__ == "__main__":

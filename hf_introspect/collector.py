@@ -270,7 +270,6 @@ def collect(cfg: CollectConfig, *, lm: LoadedModel | None = None, questions: Dat
     n_shards = -(-len(questions) // cfg.shard_rows)
     shard_plan = {"rows_per_shard": cfg.shard_rows, "num_shards": n_shards}
     run_config = build_run_config(cfg, lm, templates, layers, label_ids, questions, shard_plan)
-    run_id = run_config["run_id"]
     eos = _eos_ids(lm)
     on_gpu = next(lm.model.parameters()).device.type == "cuda"
     micro = (cfg.shard_rows if on_gpu else 8) if cfg.batch_size == "auto" else cfg.nominal_batch_size

@@ -1030,7 +1030,7 @@ def render_comparison(c: dict) -> str:
         out.append(_section("shifts (B - A, paired)"))
         rows = [[k, _f(s["a"]), _f(s["b"]), f"{s['mean_diff']:+.3f}" if math.isfinite(s["mean_diff"]) else "n/a",
                  _p(s["wilcoxon_p"]), s["n"]] for k, s in c["shifts"].items()]
-        out.append(table(rows, ["", f"A mean", f"B mean", "mean diff", "Wilcoxon p", "n"]))
+        out.append(table(rows, ["", "A mean", "B mean", "mean diff", "Wilcoxon p", "n"]))
     cal = c["calibration"]
     la, lb = dict(_calibration_rows(cal["a"])), dict(_calibration_rows(cal["b"]))
     if la:

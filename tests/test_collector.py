@@ -215,3 +215,72 @@ def test_storage_controls_select_layers_and_positions(tiny_model_dir, tmp_path):
     assert row[layer_column(2)].shape == (qe - qs + 1, 64)
     assert row["output_text"] == ""  # max_new_tokens 0: the distribution only
     assert row["parse_source"] == "argmax"
+
+
+def test_fp16_overflow_is_counted_and_warned_once(tiny_model_dir, tmp_path, caplog):
+    """Residual entries beyond float16's range (65504) become inf after the cast: counted per row,
+    one warning naming the layers, and float32 storage keeps them."""
+    import logging
+
+    from hf_introspect.model_loading import load_model
+
+    lm = load_model(str(tiny_model_dir))
+    with torch.no_grad():
+        lm.model.model.embed_tokens.weight.mul_(1e9)  # every embedding entry now overflows float16
+    cfg = run_cfg(tmp_path, tiny_model_dir, passes=("mcq",), max_new_tokens=0)
+    with caplog.at_level(logging.WARNING, logger="hf_introspect"):
+        ds = collect(cfg, lm=lm, questions=make_questions(4))["mcq"]
+    warnings = [r.getMessage() for r in caplog.records if "non-finite" in r.getMessage()]
+    assert len(warnings) == 1 and "--act_dtype float32" in warnings[0] and "0" in warnings[0]
+    counts = np.array(ds["fp16_overflow_count"])
+    seq_lens = np.array(ds["seq_len"])
+    assert (counts >= seq_lens * 64).all()  # at least the whole embedding layer of each row
+    f32 = collect(run_cfg(tmp_path, tiny_model_dir, "f32", passes=("mcq",), max_new_tokens=0, act_dtype="float32"),
+                  lm=lm, questions=make_questions(4))["mcq"].with_format("numpy", dtype=None)
+    assert f32.features[layer_column(0)].dtype == "float32"
+    assert all(c == 0 for c in f32["fp16_overflow_count"])
+    assert np.isfinite(f32[0][layer_column(0)]).all() and np.abs(f32[0][layer_column(0)]).max() > 65504
+
+
+def test_out_of_memory_halves_the_batch_and_finishes(base_run, tiny_model_dir, tmp_path, monkeypatch, caplog):
+    import logging
+
+    from hf_introspect import collector
+
+    real = collector.run_batch
+
+    def small_memory(net, sequences, **kw):
+        if len(sequences) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(net, sequences, **kw)
+
+    monkeypatch.setattr(collector, "run_batch", small_memory)
+    cfg = run_cfg(tmp_path, tiny_model_dir, passes=("mcq",))
+    with caplog.at_level(logging.WARNING, logger="hf_introspect"):
+        ds = collect(cfg, questions=make_questions())["mcq"]
+    lowered = [r.getMessage() for r in caplog.records if "batch size lowered" in r.getMessage()]
+    assert lowered and lowered[-1].endswith("to 1 and retried")
+    assert len(ds) == N_QUESTIONS
+    # one prompt per forward: no padding at all, the same values as the batched run up to float noise
+    ref = base_run[1]["mcq"]
+    np.testing.assert_allclose(np.array(ds["logits"]), np.array(ref["logits"]), atol=1e-4)
+
+
+def test_single_prompt_too_big_for_memory_is_a_clear_error(tiny_model_dir, tmp_path, monkeypatch):
+    from hf_introspect import collector
+
+    def no_memory(net, sequences, **kw):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(collector, "run_batch", no_memory)
+    with pytest.raises(UserError, match="does not fit in memory"):
+        collect(run_cfg(tmp_path, tiny_model_dir, passes=("mcq",)), questions=make_questions(3))
+    assert not (tmp_path / "run").exists()
+
+
+def test_overwrite_replaces_a_run_with_other_settings(base_run, tiny_model_dir, tmp_path):
+    first = run_cfg(tmp_path, tiny_model_dir, passes=("mcq",), max_new_tokens=1)
+    collect(first, questions=make_questions(3))
+    again = run_cfg(tmp_path, tiny_model_dir, passes=("mcq",), max_new_tokens=2, overwrite=True)
+    ds = collect(again, questions=make_questions(3))
+    assert list(ds) == ["mcq"] and ds["mcq"][0]["max_new_tokens"] == 2

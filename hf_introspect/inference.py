@@ -116,19 +116,24 @@ def run_batch(net, sequences: list[list[int]], *, pad_id: int, label_ids: dict[s
     next_logits = out.logits[:, -1, :]  # (batch, vocab)
     label_logits = restricted_logits(next_logits, label_ids).cpu().numpy()
 
-    # Only the stored layers are cast and copied. (n_stored, batch, T, hidden)
-    stack = torch.stack([hidden[i] for i in layers]).to(ACT_DTYPES[act_dtype])
+    # Only the stored layers and positions are gathered (on the device), cast and copied: padding
+    # and unstored positions never cross to the host. (n_stored, n_kept_total, hidden)
     width = ids.shape[1]
-    finite = torch.isfinite(stack)
-    real = mask.bool()[None, :, :, None]  # pad positions never count
-    overflow = ((~finite) & real).sum(dim=(2, 3)).T.cpu().numpy()  # (batch, n_stored)
-    host = stack.cpu().numpy()
-    del stack, finite, hidden
-    activations = []
-    for r, seq in enumerate(sequences):
-        start = width - len(seq)
-        kept = start + np.asarray(keep_positions[r])
-        activations.append([host[j, r, kept] for j in range(len(layers))])
+    counts = [len(k) for k in keep_positions]
+    rows = np.repeat(np.arange(len(sequences)), counts)
+    cols = np.concatenate([width - len(seq) + np.asarray(k, dtype=np.int64)
+                           for seq, k in zip(sequences, keep_positions)]) if rows.size else np.zeros(0, np.int64)
+    rows_t, cols_t = torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device)
+    kept = torch.stack([hidden[i][rows_t, cols_t] for i in layers]).to(ACT_DTYPES[act_dtype])
+    del hidden
+    # Non-finite values after the cast (float16 overflow), per row and layer.
+    bad = (~torch.isfinite(kept)).sum(dim=-1)  # (n_stored, n_kept_total)
+    overflow = np.zeros((len(sequences), len(layers)), dtype=np.int64)
+    np.add.at(overflow, rows, bad.T.cpu().numpy())
+    host = kept.cpu().numpy()
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    # Per-row views into one contiguous host array: no further copies before Arrow encoding.
+    activations = [[host[j, offsets[r]:offsets[r + 1]] for j in range(len(layers))] for r in range(len(sequences))]
 
     generated: list[list[int]] = [[] for _ in sequences]
     if max_new_tokens > 0:

@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
-from datasets import Dataset, DatasetDict, load_from_disk
+from datasets import Dataset, DatasetDict, Features, load_from_disk
+from datasets.arrow_writer import OptimizedTypedSequence
 from datasets.utils import logging as ds_logging
 
 from . import __version__
@@ -71,6 +73,15 @@ class PassContext:
     eos_ids: set[int]
     micro_batch: int
     overflow_layers: set[int] = field(default_factory=set)
+    buffers: list[np.ndarray] = field(default_factory=list)  # one flat (tokens, hidden) per stored layer
+
+    def flat_buffers(self, tokens: int) -> list[np.ndarray]:
+        """Per-layer (tokens, hidden) buffers for one shard, reused across the pass's shards (fresh
+        memory costs page faults; map has written the previous shard's table before the next call)."""
+        if not self.buffers or self.buffers[0].shape[0] < tokens:
+            self.buffers = []  # free the old ones first
+            self.buffers = [np.empty((tokens, self.lm.hidden_size), np.dtype(self.cfg.act_dtype)) for _ in self.layers]
+        return [b[:tokens] for b in self.buffers]
 
     def run_rows(self, seqs, positions, qids) -> BatchOutput:
         gens = [row_generator(self.cfg.seed, q, self.pass_name) for q in qids] if self.cfg.temperature > 0 else None
@@ -80,8 +91,13 @@ class PassContext:
                          top_p=self.cfg.top_p, eos_ids=self.eos_ids, generators=gens)
 
 
-def _run_with_backoff(ctx: PassContext, rows: list[int], seqs, positions, qids) -> dict[int, tuple[BatchOutput, int]]:
-    """Run rows in micro-batches of ctx.micro_batch, halving it on out-of-memory."""
+def _run_with_backoff(ctx: PassContext, rows: list[int], seqs, positions, qids,
+                      sink: tuple[list[np.ndarray], np.ndarray] | None = None) -> dict[int, tuple[BatchOutput, int]]:
+    """Run rows in micro-batches of ctx.micro_batch, halving it on out-of-memory.
+
+    With ``sink = (flats, offsets)``, row r's activations of stored layer j are copied into
+    ``flats[j][offsets[r]:offsets[r + 1]]`` as each micro-batch finishes, and the micro-batch's
+    host array is released (``BatchOutput.activations`` becomes None)."""
     results: dict[int, tuple[BatchOutput, int]] = {}
     i = 0
     while i < len(rows):
@@ -100,22 +116,52 @@ def _run_with_backoff(ctx: PassContext, rows: list[int], seqs, positions, qids) 
             logger.warning("out of memory: batch size lowered to %d and retried", ctx.micro_batch)
             continue
         for k, r in enumerate(chunk):
+            if sink is not None:
+                flats, offsets = sink
+                for j, a in enumerate(out.activations[k]):
+                    flats[j][offsets[r]:offsets[r + 1]] = a
             results[r] = (out, k)
+        if sink is not None:
+            out.activations = None
         i += len(chunk)
     return results
 
 
-def _shard_function(ctx: PassContext):
+def _array2d_storage(flat: np.ndarray, offsets: np.ndarray) -> pa.Array:
+    """``Array2D((None, hidden))`` storage (list<list<dtype>>) over a (tokens, hidden) buffer, zero-copy.
+
+    offsets: (rows + 1,) int32 row starts, in tokens.
+    """
+    tokens, hidden = flat.shape
+    if (tokens + 1) * hidden >= 2**31:
+        raise UserError(f"a shard of {tokens} stored positions x hidden {hidden} exceeds Arrow's int32 list "
+                        "offsets; lower --save_every or --batch_size")
+    inner = pa.ListArray.from_arrays(pa.array(np.arange(0, (tokens + 1) * hidden, hidden, dtype=np.int32)),
+                                     pa.array(flat.reshape(-1)))
+    return pa.ListArray.from_arrays(pa.array(offsets), inner)
+
+
+def _shard_function(ctx: PassContext, features: Features):
+    """The map function of one pass. It takes and returns a ``pa.Table`` (map over
+    ``with_format("arrow")``): the input columns pass through untouched, the metadata columns are
+    encoded as map would, and each activation column is one flat buffer wrapped zero-copy (no
+    per-row encoding, which was the slowest part of a write)."""
     cfg, lm = ctx.cfg, ctx.lm
     mcq = ctx.pass_name == "mcq"
 
-    def fn(batch: dict) -> dict:
-        n = len(batch["question_id"])
-        seqs = batch["input_ids"]
-        positions = [kept_positions(cfg.positions, len(seqs[r]), tuple(batch["question_token_span"][r])) for r in range(n)]
+    def fn(batch: pa.Table) -> pa.Table:
+        n = batch.num_rows
+        seqs = batch.column("input_ids").to_pylist()
+        spans = batch.column("question_token_span").to_pylist()
+        qids = batch.column("question_id").to_pylist()
+        correct_letters = batch.column("correct_answer_letter").to_pylist()
+        positions = [kept_positions(cfg.positions, len(seqs[r]), tuple(spans[r])) for r in range(n)]
+        offsets = np.zeros(n + 1, dtype=np.int32)  # row r -> rows offsets[r]:offsets[r + 1] of the flat buffers
+        np.cumsum([len(p) for p in positions], out=offsets[1:])
+        flats = ctx.flat_buffers(int(offsets[-1]))
         # Longest first: similar lengths share a micro-batch (less padding), and an OOM shows early.
         order = sorted(range(n), key=lambda r: -len(seqs[r]))
-        results = _run_with_backoff(ctx, order, seqs, positions, batch["question_id"])
+        results = _run_with_backoff(ctx, order, seqs, positions, qids, sink=(flats, offsets))
         out: dict[str, list] = {k: [] for k in ("model_name", "checkpoint_id", "temperature", "top_p",
                                                 "max_new_tokens", "output_text", "parsed_answer", "parse_source",
                                                 "logits", "probs", "entropy", "activation_positions",
@@ -123,7 +169,6 @@ def _shard_function(ctx: PassContext):
         extra = ("is_correct", "logit_margin", "answer_token_index") if mcq else \
             ("confidence_token_index", "self_confidence" if ctx.pass_name == "self_conf" else "other_confidence")
         out.update({k: [] for k in extra})
-        out.update({layer_column(i): [] for i in ctx.layers})
         for r in range(n):
             res, k = results[r]
             logits = res.label_logits[k].astype(np.float32)
@@ -146,7 +191,7 @@ def _shard_function(ctx: PassContext):
             out["entropy"].append(float(entropy_nats(probs)))
             readout_index = len(seqs[r]) - 1
             if mcq:
-                correct = batch["correct_answer_letter"][r]
+                correct = correct_letters[r]
                 out["is_correct"].append(parsed == correct)
                 out["logit_margin"].append(logit_margin(logits, ctx.labels.index(correct)))
                 out["answer_token_index"].append(readout_index)
@@ -163,9 +208,12 @@ def _shard_function(ctx: PassContext):
                     logger.warning("%s: non-finite values after the cast to %s in layers %s (counted in "
                                    "fp16_overflow_count); rerun with --act_dtype float32 to keep them",
                                    ctx.pass_name, cfg.act_dtype, sorted(ctx.overflow_layers))
-            for j, i in enumerate(ctx.layers):
-                out[layer_column(i)].append(res.activations[k][j])
-        return out
+        table = batch
+        for name, values in out.items():
+            table = table.append_column(name, pa.array(OptimizedTypedSequence(values, type=features[name], col=name)))
+        for i, flat in zip(ctx.layers, flats):
+            table = table.append_column(layer_column(i), _array2d_storage(flat, offsets))
+        return table
 
     return fn
 
@@ -314,7 +362,7 @@ def _collect(cfg, state, out, questions, templates, lm, layers, label_ids, n_sha
         if split_is_final(out, pass_name):
             continue
         features = pass_features(pass_name, len(labels_for_pass(pass_name)), layers, lm.hidden_size, cfg.act_dtype)
-        fn = _shard_function(contexts[pass_name])
+        fn = _shard_function(contexts[pass_name], features)
         mine = [i for i in range(n_shards) if i % state.num_processes == state.process_index]
         bar = tqdm(total=len(mine), desc=f"{pass_name} (shards)", unit="shard",
                    disable=not state.is_local_main_process)
@@ -324,7 +372,7 @@ def _collect(cfg, state, out, questions, templates, lm, layers, label_ids, n_sha
                 lo, hi = i * cfg.shard_rows, min((i + 1) * cfg.shard_rows, len(questions))
                 path.parent.mkdir(parents=True, exist_ok=True)
                 try:
-                    prompts[pass_name].select(range(lo, hi)).map(
+                    prompts[pass_name].select(range(lo, hi)).with_format("arrow").map(
                         fn, batched=True, batch_size=hi - lo, features=features, cache_file_name=str(path),
                         new_fingerprint=f"{run_id}-{pass_name}-{i:05d}", load_from_cache_file=False)
                 except OSError as exc:
@@ -334,6 +382,7 @@ def _collect(cfg, state, out, questions, templates, lm, layers, label_ids, n_sha
                     raise
             bar.update(1)
         bar.close()
+        contexts[pass_name].buffers = []  # the pass's shard buffers are no longer needed
         state.wait_for_everyone()
         if state.is_main_process:
             description = (f"hf_introspect {PROMPT_TYPES[pass_name]} pass of {lm.source.model_name} "

@@ -3,7 +3,7 @@
 Self-contained, no downloads: a random-weight Llama-3-8B-shaped model (``LlamaConfig``: hidden 4096,
 32 layers, 32 heads, 8 KV heads, intermediate 14336, vocab 128256) in bfloat16 on one GPU, the tiny
 offline tokenizer (only token ids matter), and random prompts of ``--seq_len`` (192) tokens. One
-prompt per question (``--passes mcq``; every pass costs the same on random prompts), so questions/s
+prompt per question (``passes="mcq"``: every pass costs the same on random prompts), so questions/s
 here is prompts/s. Measures, in this order:
 
   forward ceiling      plain ``net(ids, output_hidden_states=True, logits_to_keep=1)`` loop, batches
@@ -21,16 +21,18 @@ here is prompts/s. Measures, in this order:
 
 Run on the GPU machine (it lacks ``datasets``, ``dill``, ``multiprocess``, ``xxhash``, ``fsspec``).
 Bring wheels for its Python 3.12 first, from a machine with network, into ``wheels/`` at the repo
-root (ignored by git, so name it in ``carry``)::
+root (the versions tested here; ``--no-deps`` keeps the folder ~2 MB, far under the 64 MiB the
+device tool copies; an untracked, non-ignored ``wheels/`` travels with the working tree, or name it
+in ``carry``; do not commit it)::
 
-    pip download datasets dill multiprocess xxhash fsspec --only-binary=:all: --python-version 3.12 \
-        --platform manylinux2014_x86_64 -d wheels/
-    # the folder must stay under the 64 MiB the device tool carries: delete what the GPU machine
-    # already has (pyarrow, numpy, pandas, torch-related), or download with --no-deps
+    pip download datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 xxhash fsspec \
+        --only-binary=:all: --python-version 3.12 --no-deps -d wheels/
+    # (add --platform manylinux2014_x86_64 when downloading on another OS; if the GPU machine
+    #  then reports another missing module, add that package to the list)
 
-then, from the repo root on the GPU machine (``run`` tool: carry ["wheels"])::
+then, from the repo root on the GPU machine::
 
-    python benchmarks/gpu_bench.py                  # ~2-3 min on one H100 after the machine starts
+    python benchmarks/gpu_bench.py                  # ~3 min on one H100 after the machine starts
     python benchmarks/gpu_bench.py --tiny           # CPU smoke test: tiny config, seconds
 
 If ``import datasets`` fails, the script runs ``pip install --no-index --find-links wheels/

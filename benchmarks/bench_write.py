@@ -6,18 +6,20 @@ function. Then, on the same disk, in round-robin order over ``--repeats`` (media
 
 * ``np.save``       the ceiling: every row x layer array ``np.save``d, one after another, into one
                     open file per shard (no encoding at all).
-* ``map lists``     what the collector does today: per shard one ``Dataset.map(fn, batched=True,
-                    batch_size=shard_rows, features=..., cache_file_name=..., new_fingerprint=...,
-                    load_from_cache_file=False)``, fn returning ``{column: [ndarray per row]}``.
-* ``map table``     the proposed change: the same map on ``ds.with_format("arrow")``; fn returns a
+* ``map lists``     what the collector did before commit d31a5c1: per shard one ``Dataset.map(fn,
+                    batched=True, batch_size=shard_rows, features=..., cache_file_name=...,
+                    new_fingerprint=..., load_from_cache_file=False)``, fn returning
+                    ``{column: [ndarray per row]}`` (datasets encodes every row separately).
+* ``map table``     what it does since: the same map on ``ds.with_format("arrow")``; fn returns a
                     ``pa.Table`` = the input columns (zero-copy) + one Array2D storage column per
                     layer built from ONE flat float16 buffer plus int32 offsets (one concatenate of
                     the rows per layer, then zero-copy ``pa.ListArray.from_arrays``).
 * ``map table (rows->reused buf)``  the same, the rows copied into per-layer buffers allocated once
                     per pass and reused for every shard (fresh memory costs page faults: on this VM
                     ~1 s per GB of system time, which is most of what ``np.concatenate`` costs)
-* ``map table, flat``  the same, with the flat per-layer buffers already built (what run_batch could
-                    hand over if it wrote kept positions straight into a per-shard buffer): no copy.
+* ``map table, flat``  the same, with the flat per-layer buffers already filled: the collector's
+                    write path (it copies each micro-batch's rows into the shard's reused buffers
+                    during inference, so nothing is copied at write time).
 * ``ArrowWriter``   ``ArrowWriter.write_table`` of that table directly, without map (map's overhead).
 
 Rates are activation bytes / wall seconds; the page cache is flushed (``os.sync``, not timed)
@@ -207,10 +209,10 @@ def m_arrowwriter(d: Data, folder: Path, fsync: bool):
 
 METHODS = {
     "np.save (ceiling)": m_npsave,
-    "map lists (collector today)": m_map_lists,
+    "map lists (per-row; old)": m_map_lists,
     "map table (concat rows)": lambda d, f, s: m_map_table(d, f, s, prebuilt=False),
     "map table (rows->reused buf)": lambda d, f, s: m_map_table(d, f, s, prebuilt=False, reuse=True),
-    "map table, flat buffers": lambda d, f, s: m_map_table(d, f, s, prebuilt=True),
+    "map table, flat (collector)": lambda d, f, s: m_map_table(d, f, s, prebuilt=True),
     "ArrowWriter.write_table": m_arrowwriter,
 }
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .prompts import ANSWER_LABELS, CONFIDENCE_MIDPOINTS
+from .prompts import CONFIDENCE_MIDPOINTS
 
 
 def resolve_label_token_ids(tokenizer, labels: tuple[str, ...]) -> dict[str, list[int]]:
@@ -100,7 +100,7 @@ def parse_label(output_text: str, labels: tuple[str, ...]) -> str | None:
     "answer is". Returns None when the text names no label, e.g. "Paris".
 
     Example:
-        >>> parse_label(" B. Paris", ANSWER_LABELS), parse_label("Paris", ANSWER_LABELS)
+        >>> parse_label(" B. Paris", ("A", "B", "C", "D")), parse_label("Paris", ("A", "B", "C", "D"))
         ('B', None)
     """
     alt = "".join(labels)

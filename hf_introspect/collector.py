@@ -29,6 +29,7 @@ from .config import CollectConfig, config_hash, kept_positions, parse_layers
 from .errors import UserError
 from .inference import BatchOutput, row_generator, run_batch
 from .model_loading import LoadedModel, load_model
+from .pipeline import HostBuffers, ShardJob, ShardPrefetcher
 from .planning import Plan, check_fits, free_bytes, plan_pass
 from .prompt_dataset import build_prompt_dataset
 from .prompts import PROMPT_TYPES, labels_for_pass, load_templates
@@ -62,7 +63,7 @@ def _is_oom(exc: BaseException) -> bool:
 
 @dataclass
 class PassContext:
-    """What the shard function needs, gathered once per pass (kept out of map's fingerprinting)."""
+    """What the shard computation needs, gathered once per pass (kept out of map's fingerprinting)."""
 
     cfg: CollectConfig
     lm: LoadedModel
@@ -72,38 +73,33 @@ class PassContext:
     layers: list[int]
     eos_ids: set[int]
     micro_batch: int
+    buffers: HostBuffers
     overflow_layers: set[int] = field(default_factory=set)
-    buffers: list[np.ndarray] = field(default_factory=list)  # one flat (tokens, hidden) per stored layer
 
-    def flat_buffers(self, tokens: int) -> list[np.ndarray]:
-        """Per-layer (tokens, hidden) buffers for one shard, reused across the pass's shards (fresh
-        memory costs page faults; map has written the previous shard's table before the next call)."""
-        if not self.buffers or self.buffers[0].shape[0] < tokens:
-            self.buffers = []  # free the old ones first
-            self.buffers = [np.empty((tokens, self.lm.hidden_size), np.dtype(self.cfg.act_dtype)) for _ in self.layers]
-        return [b[:tokens] for b in self.buffers]
-
-    def run_rows(self, seqs, positions, qids) -> BatchOutput:
+    def run_rows(self, seqs, positions, qids, host_alloc=None) -> BatchOutput:
         gens = [row_generator(self.cfg.seed, q, self.pass_name) for q in qids] if self.cfg.temperature > 0 else None
         return run_batch(self.lm.model, seqs, pad_id=self.lm.tokenizer.pad_token_id, label_ids=self.label_ids,
                          layers=self.layers, keep_positions=positions, act_dtype=self.cfg.act_dtype,
                          max_new_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature,
-                         top_p=self.cfg.top_p, eos_ids=self.eos_ids, generators=gens)
+                         top_p=self.cfg.top_p, eos_ids=self.eos_ids, generators=gens, host_alloc=host_alloc)
 
 
 def _run_with_backoff(ctx: PassContext, rows: list[int], seqs, positions, qids,
-                      sink: tuple[list[np.ndarray], np.ndarray] | None = None) -> dict[int, tuple[BatchOutput, int]]:
+                      sink: tuple[list[np.ndarray], np.ndarray] | None = None,
+                      check_stop=lambda: None) -> dict[int, tuple[BatchOutput, int]]:
     """Run rows in micro-batches of ctx.micro_batch, halving it on out-of-memory.
 
     With ``sink = (flats, offsets)``, row r's activations of stored layer j are copied into
-    ``flats[j][offsets[r]:offsets[r + 1]]`` as each micro-batch finishes, and the micro-batch's
-    host array is released (``BatchOutput.activations`` becomes None)."""
+    ``flats[j][offsets[r]:offsets[r + 1]]`` as each micro-batch finishes (from the reused staging
+    buffer) and ``BatchOutput.activations`` becomes None."""
     results: dict[int, tuple[BatchOutput, int]] = {}
     i = 0
     while i < len(rows):
+        check_stop()
         chunk = rows[i:i + ctx.micro_batch]
         try:
-            out = ctx.run_rows([seqs[r] for r in chunk], [positions[r] for r in chunk], [qids[r] for r in chunk])
+            out = ctx.run_rows([seqs[r] for r in chunk], [positions[r] for r in chunk], [qids[r] for r in chunk],
+                               host_alloc=ctx.buffers.staging if sink is not None else None)
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             if not _is_oom(exc):
                 raise
@@ -115,14 +111,15 @@ def _run_with_backoff(ctx: PassContext, rows: list[int], seqs, positions, qids,
             ctx.micro_batch = max(1, ctx.micro_batch // 2)
             logger.warning("out of memory: batch size lowered to %d and retried", ctx.micro_batch)
             continue
-        for k, r in enumerate(chunk):
-            if sink is not None:
-                flats, offsets = sink
-                for j, a in enumerate(out.activations[k]):
-                    flats[j][offsets[r]:offsets[r + 1]] = a
-            results[r] = (out, k)
         if sink is not None:
-            out.activations = None
+            flats, offsets = sink
+            # Destination token index of each stacked position (rows in the micro-batch's order).
+            dest = np.concatenate([np.arange(offsets[r], offsets[r + 1]) for r in chunk])
+            for j, flat in enumerate(flats):
+                flat[dest] = out.stacked[j]  # (n_kept_total, hidden) rows scattered in one call
+            out.activations = out.stacked = None
+        for k, r in enumerate(chunk):
+            results[r] = (out, k)
         i += len(chunk)
     return results
 
@@ -141,81 +138,123 @@ def _array2d_storage(flat: np.ndarray, offsets: np.ndarray) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets), inner)
 
 
-def _shard_function(ctx: PassContext, features: Features):
-    """The map function of one pass. It takes and returns a ``pa.Table`` (map over
-    ``with_format("arrow")``): the input columns pass through untouched, the metadata columns are
-    encoded as map would, and each activation column is one flat buffer wrapped zero-copy (no
-    per-row encoding, which was the slowest part of a write)."""
+@dataclass
+class ShardData:
+    """A computed shard, in its rows' dataset order: inputs, results, and the flat activation
+    buffers (one per stored layer, rows at ``offsets``) that its Arrow columns wrap."""
+
+    seqs: list[list[int]]
+    qids: list[str]
+    positions: list[np.ndarray]
+    offsets: np.ndarray  # (rows + 1,) int32
+    flats: list[np.ndarray]  # per stored layer: (tokens, hidden)
+    results: dict[int, tuple[BatchOutput, int]]
+
+
+def _compute_shard(ctx: PassContext, prompts: Dataset, job: ShardJob, slot: int, check_stop) -> ShardData:
+    """Inference for one shard (runs on the prefetch thread)."""
+    batch = prompts.with_format("arrow")[job.lo:job.hi]
+    seqs = batch.column("input_ids").to_pylist()
+    spans = batch.column("question_token_span").to_pylist()
+    qids = batch.column("question_id").to_pylist()
+    n = len(seqs)
+    positions = [kept_positions(ctx.cfg.positions, len(seqs[r]), tuple(spans[r])) for r in range(n)]
+    offsets = np.zeros(n + 1, dtype=np.int32)  # row r -> rows offsets[r]:offsets[r + 1] of the flat buffers
+    np.cumsum([len(p) for p in positions], out=offsets[1:])
+    flats = ctx.buffers.shard(slot, int(offsets[-1]))
+    # Longest first: similar lengths share a micro-batch (less padding), and an OOM shows early.
+    order = sorted(range(n), key=lambda r: -len(seqs[r]))
+    results = _run_with_backoff(ctx, order, seqs, positions, qids, sink=(flats, offsets), check_stop=check_stop)
+    return ShardData(seqs, qids, positions, offsets, flats, results)
+
+
+def _shard_table(ctx: PassContext, features: Features, batch: pa.Table, data: ShardData) -> pa.Table:
+    """The shard's output table (map over ``with_format("arrow")`` returns it): the input columns
+    pass through untouched, the metadata columns are encoded as map would, and each activation
+    column is one flat buffer wrapped zero-copy (no per-row encoding, which was the slowest part
+    of a write)."""
     cfg, lm = ctx.cfg, ctx.lm
     mcq = ctx.pass_name == "mcq"
+    n = batch.num_rows
+    if batch.column("question_id").to_pylist() != data.qids:  # the thread and map must agree on the rows
+        raise RuntimeError(f"{ctx.pass_name}: shard rows out of step with the inference thread")
+    correct_letters = batch.column("correct_answer_letter").to_pylist()
+    out: dict[str, list] = {k: [] for k in ("model_name", "checkpoint_id", "temperature", "top_p",
+                                            "max_new_tokens", "output_text", "parsed_answer", "parse_source",
+                                            "logits", "probs", "entropy", "activation_positions",
+                                            "fp16_overflow_count")}
+    extra = ("is_correct", "logit_margin", "answer_token_index") if mcq else \
+        ("confidence_token_index", "self_confidence" if ctx.pass_name == "self_conf" else "other_confidence")
+    out.update({k: [] for k in extra})
+    for r in range(n):
+        res, k = data.results[r]
+        logits = res.label_logits[k].astype(np.float32)
+        probs = softmax_np(logits.astype(np.float64))
+        text = lm.tokenizer.decode(res.generated_ids[k], skip_special_tokens=True)
+        parsed = parse_label(text, ctx.labels)
+        source = "output_text" if parsed is not None else "argmax"
+        if parsed is None:
+            parsed = ctx.labels[int(np.argmax(logits))]
+        out["model_name"].append(lm.source.model_name)
+        out["checkpoint_id"].append(lm.checkpoint_id)
+        out["temperature"].append(cfg.temperature)
+        out["top_p"].append(cfg.top_p)
+        out["max_new_tokens"].append(cfg.max_new_tokens)
+        out["output_text"].append(text)
+        out["parsed_answer"].append(parsed)
+        out["parse_source"].append(source)
+        out["logits"].append(logits)
+        out["probs"].append(probs.astype(np.float32))
+        out["entropy"].append(float(entropy_nats(probs)))
+        readout_index = len(data.seqs[r]) - 1
+        if mcq:
+            correct = correct_letters[r]
+            out["is_correct"].append(parsed == correct)
+            out["logit_margin"].append(logit_margin(logits, ctx.labels.index(correct)))
+            out["answer_token_index"].append(readout_index)
+        else:
+            out["confidence_token_index"].append(readout_index)
+            out[extra[1]].append(expected_confidence(probs))
+        out["activation_positions"].append(data.positions[r].astype(np.int32))
+        overflow = res.overflow_counts[k]
+        out["fp16_overflow_count"].append(int(overflow.sum()))
+        if overflow.any():
+            new = {ctx.layers[j] for j in np.flatnonzero(overflow)} - ctx.overflow_layers
+            if new:
+                ctx.overflow_layers |= new
+                logger.warning("%s: non-finite values after the cast to %s in layers %s (counted in "
+                               "fp16_overflow_count); rerun with --act_dtype float32 to keep them",
+                               ctx.pass_name, cfg.act_dtype, sorted(ctx.overflow_layers))
+    table = batch
+    for name, values in out.items():
+        table = table.append_column(name, pa.array(OptimizedTypedSequence(values, type=features[name], col=name)))
+    for i, flat in zip(ctx.layers, data.flats):
+        table = table.append_column(layer_column(i), _array2d_storage(flat, data.offsets))
+    return table
 
-    def fn(batch: pa.Table) -> pa.Table:
-        n = batch.num_rows
-        seqs = batch.column("input_ids").to_pylist()
-        spans = batch.column("question_token_span").to_pylist()
-        qids = batch.column("question_id").to_pylist()
-        correct_letters = batch.column("correct_answer_letter").to_pylist()
-        positions = [kept_positions(cfg.positions, len(seqs[r]), tuple(spans[r])) for r in range(n)]
-        offsets = np.zeros(n + 1, dtype=np.int32)  # row r -> rows offsets[r]:offsets[r + 1] of the flat buffers
-        np.cumsum([len(p) for p in positions], out=offsets[1:])
-        flats = ctx.flat_buffers(int(offsets[-1]))
-        # Longest first: similar lengths share a micro-batch (less padding), and an OOM shows early.
-        order = sorted(range(n), key=lambda r: -len(seqs[r]))
-        results = _run_with_backoff(ctx, order, seqs, positions, qids, sink=(flats, offsets))
-        out: dict[str, list] = {k: [] for k in ("model_name", "checkpoint_id", "temperature", "top_p",
-                                                "max_new_tokens", "output_text", "parsed_answer", "parse_source",
-                                                "logits", "probs", "entropy", "activation_positions",
-                                                "fp16_overflow_count")}
-        extra = ("is_correct", "logit_margin", "answer_token_index") if mcq else \
-            ("confidence_token_index", "self_confidence" if ctx.pass_name == "self_conf" else "other_confidence")
-        out.update({k: [] for k in extra})
-        for r in range(n):
-            res, k = results[r]
-            logits = res.label_logits[k].astype(np.float32)
-            probs = softmax_np(logits.astype(np.float64))
-            text = lm.tokenizer.decode(res.generated_ids[k], skip_special_tokens=True)
-            parsed = parse_label(text, ctx.labels)
-            source = "output_text" if parsed is not None else "argmax"
-            if parsed is None:
-                parsed = ctx.labels[int(np.argmax(logits))]
-            out["model_name"].append(lm.source.model_name)
-            out["checkpoint_id"].append(lm.checkpoint_id)
-            out["temperature"].append(cfg.temperature)
-            out["top_p"].append(cfg.top_p)
-            out["max_new_tokens"].append(cfg.max_new_tokens)
-            out["output_text"].append(text)
-            out["parsed_answer"].append(parsed)
-            out["parse_source"].append(source)
-            out["logits"].append(logits)
-            out["probs"].append(probs.astype(np.float32))
-            out["entropy"].append(float(entropy_nats(probs)))
-            readout_index = len(seqs[r]) - 1
-            if mcq:
-                correct = correct_letters[r]
-                out["is_correct"].append(parsed == correct)
-                out["logit_margin"].append(logit_margin(logits, ctx.labels.index(correct)))
-                out["answer_token_index"].append(readout_index)
-            else:
-                out["confidence_token_index"].append(readout_index)
-                out[extra[1]].append(expected_confidence(probs))
-            out["activation_positions"].append(positions[r].astype(np.int32))
-            overflow = res.overflow_counts[k]
-            out["fp16_overflow_count"].append(int(overflow.sum()))
-            if overflow.any():
-                new = {ctx.layers[j] for j in np.flatnonzero(overflow)} - ctx.overflow_layers
-                if new:
-                    ctx.overflow_layers |= new
-                    logger.warning("%s: non-finite values after the cast to %s in layers %s (counted in "
-                                   "fp16_overflow_count); rerun with --act_dtype float32 to keep them",
-                                   ctx.pass_name, cfg.act_dtype, sorted(ctx.overflow_layers))
-        table = batch
-        for name, values in out.items():
-            table = table.append_column(name, pa.array(OptimizedTypedSequence(values, type=features[name], col=name)))
-        for i, flat in zip(ctx.layers, flats):
-            table = table.append_column(layer_column(i), _array2d_storage(flat, offsets))
-        return table
 
-    return fn
+def _write_shard(prefetch: ShardPrefetcher, ctx: PassContext, features: Features, prompts: Dataset, index: int,
+                 path: Path, fingerprint: str) -> None:
+    """Write the prefetch thread's next shard as one ``Dataset.map`` whose ``cache_file_name`` is
+    the shard's final file (map writes a temp file and renames it: the shard exists whole or not)."""
+    result = prefetch.take()
+    job, data = result.job, result.value
+    if (job.pass_name, job.index) != (ctx.pass_name, index):
+        prefetch.release(result)
+        raise RuntimeError(f"inference thread out of step: it computed {job.pass_name} shard {job.index}, "
+                           f"the writer is at {ctx.pass_name} shard {index}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        prompts.select(range(job.lo, job.hi)).with_format("arrow").map(
+            lambda batch: _shard_table(ctx, features, batch, data), batched=True, batch_size=job.hi - job.lo,
+            features=features, cache_file_name=str(path), new_fingerprint=fingerprint, load_from_cache_file=False)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise UserError(f"disk full while writing {job.pass_name}/{path.name}; finished shards are kept: "
+                            "free space (see the plan) and rerun the same command to resume") from exc
+        raise
+    finally:
+        prefetch.release(result)  # map has written the table: its buffers may be refilled
 
 
 def _eos_ids(lm: LoadedModel) -> set[int]:
@@ -335,7 +374,10 @@ def _collect(cfg, state, out, questions, templates, lm, layers, label_ids, n_sha
     run_id = run_config["run_id"]
     prompts = {p: build_prompt_dataset(questions, p, templates[p], lm.tokenizer, lm.use_chat_template,
                                        fingerprint=f"{run_id}-{p}-prompts") for p in cfg.passes}
-    contexts = {p: PassContext(cfg, lm, p, labels_for_pass(p), label_ids[p], layers, eos, micro) for p in cfg.passes}
+    device = next(lm.model.parameters()).device
+    buffers = HostBuffers(len(layers), lm.hidden_size, cfg.act_dtype, pin=device.type == "cuda")
+    contexts = {p: PassContext(cfg, lm, p, labels_for_pass(p), label_ids[p], layers, eos, micro, buffers)
+                for p in cfg.passes}
     plan = Plan(passes=[plan_pass(p, prompts[p]["seq_len"], prompts[p]["question_token_span"], cfg.positions, layers,
                                   lm.hidden_size, cfg.act_dtype) for p in cfg.passes],
                 layers=layers, hidden=lm.hidden_size, act_dtype=cfg.act_dtype, free_bytes=free_bytes(out),
@@ -358,37 +400,42 @@ def _collect(cfg, state, out, questions, templates, lm, layers, label_ids, n_sha
 
     from tqdm.auto import tqdm
 
-    for pass_name in cfg.passes:
-        if split_is_final(out, pass_name):
-            continue
-        features = pass_features(pass_name, len(labels_for_pass(pass_name)), layers, lm.hidden_size, cfg.act_dtype)
-        fn = _shard_function(contexts[pass_name], features)
-        mine = [i for i in range(n_shards) if i % state.num_processes == state.process_index]
-        bar = tqdm(total=len(mine), desc=f"{pass_name} (shards)", unit="shard",
-                   disable=not state.is_local_main_process)
-        for i in mine:
-            path = shard_path(out, pass_name, i, n_shards)
-            if not path.is_file():
-                lo, hi = i * cfg.shard_rows, min((i + 1) * cfg.shard_rows, len(questions))
-                path.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    prompts[pass_name].select(range(lo, hi)).with_format("arrow").map(
-                        fn, batched=True, batch_size=hi - lo, features=features, cache_file_name=str(path),
-                        new_fingerprint=f"{run_id}-{pass_name}-{i:05d}", load_from_cache_file=False)
-                except OSError as exc:
-                    if exc.errno == errno.ENOSPC:
-                        raise UserError(f"disk full while writing {pass_name}/{path.name}; finished shards are "
-                                        "kept: free space (see the plan) and rerun the same command to resume") from exc
-                    raise
-            bar.update(1)
-        bar.close()
-        contexts[pass_name].buffers = []  # the pass's shard buffers are no longer needed
-        state.wait_for_everyone()
-        if state.is_main_process:
-            description = (f"hf_introspect {PROMPT_TYPES[pass_name]} pass of {lm.source.model_name} "
-                           f"({lm.checkpoint_id}); {RESIDUAL_DOC}; label token ids {label_ids[pass_name]}")
-            finalize_split(out, pass_name, n_shards, len(questions), f"{run_id}-{pass_name}", description)
-        state.wait_for_everyone()
+    # This process's shards still to write, in the order map writes them; the prefetch thread
+    # computes them in that order, one shard ahead of the writer.
+    mine = {p: [i for i in range(n_shards) if i % state.num_processes == state.process_index]
+            for p in cfg.passes}
+    jobs = [ShardJob(p, i, i * cfg.shard_rows, min((i + 1) * cfg.shard_rows, len(questions)))
+            for p in cfg.passes if not split_is_final(out, p)
+            for i in mine[p] if not shard_path(out, p, i, n_shards).is_file()]
+    compute = lambda job, slot, check_stop: _compute_shard(contexts[job.pass_name], prompts[job.pass_name], job,  # noqa: E731
+                                                           slot, check_stop)
+    try:
+        with ShardPrefetcher(jobs, compute, device=device) as prefetch:
+            for pass_name in cfg.passes:
+                if split_is_final(out, pass_name):
+                    continue
+                features = pass_features(pass_name, len(labels_for_pass(pass_name)), layers, lm.hidden_size,
+                                         cfg.act_dtype)
+                bar = tqdm(total=len(mine[pass_name]), desc=f"{pass_name} (shards)", unit="shard",
+                           disable=not state.is_local_main_process)
+                for i in mine[pass_name]:
+                    path = shard_path(out, pass_name, i, n_shards)
+                    if not path.is_file():
+                        _write_shard(prefetch, contexts[pass_name], features, prompts[pass_name], i, path,
+                                     f"{run_id}-{pass_name}-{i:05d}")
+                    bar.update(1)
+                bar.close()
+                state.wait_for_everyone()
+                if state.is_main_process:
+                    description = (f"hf_introspect {PROMPT_TYPES[pass_name]} pass of {lm.source.model_name} "
+                                   f"({lm.checkpoint_id}); {RESIDUAL_DOC}; label token ids {label_ids[pass_name]}")
+                    finalize_split(out, pass_name, n_shards, len(questions), f"{run_id}-{pass_name}", description)
+                state.wait_for_everyone()
+        if jobs:
+            # Which side bounds the run: a writer that waits means inference is the bottleneck.
+            logger.info("%s", prefetch.summary())
+    finally:
+        buffers.release()
     if state.is_main_process:
         finalize_run(out, cfg.passes)
     state.wait_for_everyone()

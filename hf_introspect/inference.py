@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import zlib
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -24,6 +25,9 @@ class BatchOutput:
     activations: list[list[np.ndarray]] | None  # None once a caller has copied them out (collector sink)
     overflow_counts: np.ndarray  # (batch, n_stored_layers) non-finite values after the cast
     generated_ids: list[list[int]]  # continuation token ids, EOS excluded
+    # (n_stored, n_kept_total, hidden): the host array the per-row views above point into, rows
+    # in batch order; None once a caller has copied them out
+    stacked: np.ndarray | None = None
 
 
 @contextmanager
@@ -94,11 +98,15 @@ def row_generator(seed: int, question_id: str, pass_name: str) -> torch.Generato
 def run_batch(net, sequences: list[list[int]], *, pad_id: int, label_ids: dict[str, list[int]],
               layers: list[int], keep_positions: list[np.ndarray], act_dtype: str = "float16",
               max_new_tokens: int = 0, temperature: float = 0.0, top_p: float = 1.0,
-              eos_ids: set[int] = frozenset(), generators: list[torch.Generator] | None = None) -> BatchOutput:
+              eos_ids: set[int] = frozenset(), generators: list[torch.Generator] | None = None,
+              host_alloc: Callable[[tuple, torch.dtype], torch.Tensor] | None = None) -> BatchOutput:
     """Forward one batch of prompts and read out everything stored for them.
 
     ``layers`` index the residual stack: 0 = embedding output, i = output of block i (the last
     one before the final norm). ``keep_positions[r]`` are prompt token indices (0..len-1) to keep.
+    ``host_alloc(shape, dtype)``, if given, returns reusable host memory (pinned on CUDA) for the
+    stored activations, which then stay valid only until its next call; without it every batch
+    gets fresh memory (page faults on every call: ~1 s per GB on a small VM).
 
     Example:
         >>> out = run_batch(net, [[1, 5, 9]], pad_id=0, label_ids={"A": [5], "B": [6]},
@@ -123,11 +131,17 @@ def run_batch(net, sequences: list[list[int]], *, pad_id: int, label_ids: dict[s
     rows = np.repeat(np.arange(len(sequences)), counts)
     cols = np.concatenate([width - len(seq) + np.asarray(k, dtype=np.int64)
                            for seq, k in zip(sequences, keep_positions)]) if rows.size else np.zeros(0, np.int64)
-    rows_t, cols_t = torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device)
+    index = {device: (torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device))}
+    shape, dtype = (len(layers), len(rows), hidden[0].shape[-1]), ACT_DTYPES[act_dtype]
+    # On a CPU the host buffer itself is the gather target (no second copy).
+    on_host = device.type == "cpu" and host_alloc is not None
+    kept = host_alloc(shape, dtype) if on_host else torch.empty(shape, dtype=dtype, device=device)
     # Each layer is gathered and cast straight into its slot (no float32 stack, one pass less).
-    kept = torch.empty((len(layers), len(rows), hidden[0].shape[-1]), dtype=ACT_DTYPES[act_dtype], device=device)
     for j, i in enumerate(layers):
-        kept[j].copy_(hidden[i][rows_t, cols_t])
+        h = hidden[i]
+        if h.device not in index:  # device_map="auto": layers live on several GPUs
+            index[h.device] = tuple(t.to(h.device) for t in index[device])
+        kept[j].copy_(h[index[h.device]])
     del hidden
     # Non-finite values after the cast (float16 overflow), per row and layer; counted only when
     # there are any (one isfinite pass + all() in the usual case).
@@ -135,7 +149,12 @@ def run_batch(net, sequences: list[list[int]], *, pad_id: int, label_ids: dict[s
     if not bool(torch.isfinite(kept).all()):
         bad = (~torch.isfinite(kept)).sum(dim=-1)  # (n_stored, n_kept_total)
         np.add.at(overflow, rows, bad.T.cpu().numpy())
-    host = kept.cpu().numpy()
+    if on_host:
+        host = kept.numpy()
+    elif host_alloc is not None:
+        host = host_alloc(shape, dtype).copy_(kept).numpy()
+    else:
+        host = kept.cpu().numpy()
     offsets = np.concatenate([[0], np.cumsum(counts)])
     # Per-row views into one contiguous host array: no further copies before Arrow encoding.
     activations = [[host[j, offsets[r]:offsets[r + 1]] for j in range(len(layers))] for r in range(len(sequences))]
@@ -164,4 +183,4 @@ def run_batch(net, sequences: list[list[int]], *, pad_id: int, label_ids: dict[s
             cache = _cache_of(step_out)
             logits = step_out.logits[:, -1, :]
     return BatchOutput(label_logits=label_logits, activations=activations, overflow_counts=overflow,
-                       generated_ids=generated)
+                       generated_ids=generated, stacked=host)

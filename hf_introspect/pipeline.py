@@ -128,7 +128,7 @@ class ShardPrefetcher:
             raise _Stopped
 
     def _run(self) -> None:
-        if self.device is not None and self.device.type == "cuda":
+        if self.device is not None and self.device.type == "cuda" and self.device.index is not None:
             torch.cuda.set_device(self.device)  # the current device is per thread
         for job in self.jobs:
             slot = None

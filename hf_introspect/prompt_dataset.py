@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from datasets import Dataset, Features
 
-from .prompts import ANSWER_LABELS, PROMPT_TYPES, char_span_to_token_span, render_prompt
+from .prompts import ANSWER_LABELS, PROMPT_TYPES, char_span_to_token_span, fill_prompt, marked_prompt
 from .schema import prompt_features, question_features
 from .surface import surface_features
 
 
-def _tokenize_prompt(tokenizer, text: str, use_chat_template: bool):
+def _tokenize_prompts(tokenizer, texts: list[str], use_chat_template: bool):
     # A chat template already spells out its special tokens (BOS, role markers); a plain prompt
-    # gets the tokenizer's own BOS.
-    return tokenizer(text, add_special_tokens=not use_chat_template, return_offsets_mapping=True)
+    # gets the tokenizer's own BOS. One call per batch: a fast tokenizer encodes it in parallel.
+    return tokenizer(texts, add_special_tokens=not use_chat_template, return_offsets_mapping=True)
 
 
 def build_prompt_dataset(questions: Dataset, pass_name: str, template: str, tokenizer, use_chat_template: bool,
@@ -27,17 +27,20 @@ def build_prompt_dataset(questions: Dataset, pass_name: str, template: str, toke
         >>> prompts = build_prompt_dataset(questions, "mcq", DEFAULT_TEMPLATES["mcq"], tok, True, "run1-mcq")  # doctest: +SKIP
         >>> prompts[0]["prompt_text"][:40]                                                             # doctest: +SKIP
     """
+    marked = marked_prompt(template, tokenizer, use_chat_template)  # the chat template, rendered once
+
     def fn(batch):
         out = {k: [] for k in prompt_features()}
-        for text, options in zip(batch["question_text"], batch["options"]):
-            rendered = render_prompt(template, text, options, tokenizer, use_chat_template)
-            enc = _tokenize_prompt(tokenizer, rendered.text, use_chat_template)
-            offsets = [tuple(o) for o in enc["offset_mapping"]]
-            q_ids = tokenizer.encode(text, add_special_tokens=False)
+        rendered_rows = [fill_prompt(marked, text, options) for text, options in zip(batch["question_text"], batch["options"])]
+        enc = _tokenize_prompts(tokenizer, [r.text for r in rendered_rows], use_chat_template)
+        question_ids = tokenizer(list(batch["question_text"]), add_special_tokens=False)["input_ids"]
+        for i, (text, rendered, q_ids) in enumerate(zip(batch["question_text"], rendered_rows, question_ids)):
+            ids = enc["input_ids"][i]
+            offsets = [tuple(o) for o in enc["offset_mapping"][i]]
             out["prompt_type"].append(PROMPT_TYPES[pass_name])
             out["prompt_text"].append(rendered.text)
-            out["input_ids"].append(enc["input_ids"])
-            out["seq_len"].append(len(enc["input_ids"]))
+            out["input_ids"].append(ids)
+            out["seq_len"].append(len(ids))
             out["question_token_span"].append(list(char_span_to_token_span(offsets, rendered.question_char_span)))
             out["option_token_spans"].append([list(char_span_to_token_span(offsets, rendered.option_char_spans[i]))
                                               for i in range(len(ANSWER_LABELS))])

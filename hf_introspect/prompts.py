@@ -109,6 +109,48 @@ class RenderedPrompt:
     option_char_spans: tuple[tuple[int, int], ...]  # A..D, (start, end) character offsets in text
 
 
+def marked_prompt(template: str, tokenizer, use_chat_template: bool) -> str:
+    """The full prompt text (chat template applied) with sentinels where the question and options
+    go. It is the same for every question of a pass, so the chat template is rendered once per
+    pass, not once per question; :func:`fill_prompt` puts each question's values in."""
+    # Sentinels locate the question and options inside whatever the chat template wraps around them.
+    marks = {k: f"\x00{k}\x00" for k in ("question", *ANSWER_LABELS)}
+    marked_block = "\n".join(f"{label}. {marks[label]}" for label in ANSWER_LABELS)
+    user = template.format(question=marks["question"], options=marked_block, scale=_SCALE,
+                           **{label: marks[label] for label in ANSWER_LABELS})
+    if use_chat_template:
+        return tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
+                                             add_generation_prompt=True)
+    return user + PLAIN_SUFFIX
+
+
+def fill_prompt(marked: str, question: str, options: dict[str, str]) -> RenderedPrompt:
+    """Replace :func:`marked_prompt`'s sentinels with one question's values, left to right,
+    tracking where each value lands in the final text."""
+    values = {"question": question, **{label: options[label] for label in ANSWER_LABELS}}
+    spans: dict[str, tuple[int, int]] = {}
+    out, pos, offset = [], 0, 0
+    while True:
+        start = marked.find("\x00", pos)
+        if start < 0:
+            out.append(marked[pos:])
+            break
+        end = marked.index("\x00", start + 1)
+        key = marked[start + 1:end]
+        out.append(marked[pos:start])
+        offset += start - pos
+        spans.setdefault(key, (offset, offset + len(values[key])))
+        out.append(values[key])
+        offset += len(values[key])
+        pos = end + 1
+    missing = (-1, -1)
+    return RenderedPrompt(
+        text="".join(out),
+        question_char_span=spans.get("question", missing),
+        option_char_spans=tuple(spans.get(label, missing) for label in ANSWER_LABELS),
+    )
+
+
 def render_prompt(template: str, question: str, options: dict[str, str], tokenizer, use_chat_template: bool) -> RenderedPrompt:
     """Render one pass's prompt for one question, through the chat template when there is one.
 
@@ -120,38 +162,7 @@ def render_prompt(template: str, question: str, options: dict[str, str], tokeniz
         >>> p.text[p.question_char_span[0]:p.question_char_span[1]]
         '2+2?'
     """
-    # Sentinels locate the question and options inside whatever the chat template wraps around them.
-    marks = {k: f"\x00{k}\x00" for k in ("question", *ANSWER_LABELS)}
-    marked_block = "\n".join(f"{label}. {marks[label]}" for label in ANSWER_LABELS)
-    user = template.format(question=marks["question"], options=marked_block, scale=_SCALE,
-                           **{label: marks[label] for label in ANSWER_LABELS})
-    if use_chat_template:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
-    else:
-        text = user + PLAIN_SUFFIX
-    values = {"question": question, **{label: options[label] for label in ANSWER_LABELS}}
-    spans: dict[str, tuple[int, int]] = {}
-    out, pos = [], 0
-    # Replace sentinels left to right, tracking where each value lands in the final text.
-    while True:
-        start = text.find("\x00", pos)
-        if start < 0:
-            out.append(text[pos:])
-            break
-        end = text.index("\x00", start + 1)
-        key = text[start + 1:end]
-        out.append(text[pos:start])
-        offset = sum(len(s) for s in out)
-        spans.setdefault(key, (offset, offset + len(values[key])))
-        out.append(values[key])
-        pos = end + 1
-    final = "".join(out)
-    missing = (-1, -1)
-    return RenderedPrompt(
-        text=final,
-        question_char_span=spans.get("question", missing),
-        option_char_spans=tuple(spans.get(label, missing) for label in ANSWER_LABELS),
-    )
+    return fill_prompt(marked_prompt(template, tokenizer, use_chat_template), question, options)
 
 
 def char_span_to_token_span(offsets: list[tuple[int, int]], span: tuple[int, int]) -> tuple[int, int]:

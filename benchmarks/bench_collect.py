@@ -12,17 +12,18 @@ the fork (model + questions, the same for both sides) is printed too.
 
 Prints, per run: wall time, questions/s (questions through all 3 passes per second), peak RSS,
 activation bytes written; then the ratio hf_introspect / reference and a breakdown of where
-hf_introspect's time goes (prefill forward, decode steps, rest of run_batch, per-row Python in the
-shard function, Arrow encode + write, datasets' map overhead, everything else), measured with
-timing hooks in the child. The reference side reports generate / host copy / metadata / save.
+hf_introspect's time goes, per thread (inference thread: prefill forward, decode steps, the rest
+of each batch, the scatter into the shard buffers; main thread: waiting for a shard, per-row
+metadata, Arrow encode + write, datasets' map overhead, everything else), measured with timing
+hooks in the child. The reference side reports generate / host copy / metadata / save.
 
 Threads: ``--threads 1`` by default. On this shared 2-core machine (load average ~6-7) a forward
 with 2 intra-op threads took 10x longer than with 1 (OpenMP threads wait on each other while the
 other jobs hold the cores). Both sides use the same setting, so the comparison is unaffected.
 
 The RSS scaling point defaults to 40 questions = one full shard (save_every 10 x batch_size 4):
-hf_introspect holds at most one shard in memory, so its peak is flat from one shard up, while the
-reference grows with every question. Below one shard the shard itself is smaller.
+hf_introspect holds at most two shards in memory (one being written, the next being computed),
+so its peak is flat from two shards up, while the reference grows with every question.
 Default run: ~10 minutes on the loaded 2-core machine (two 100-question runs, two 40-question runs).
 """
 
@@ -67,7 +68,8 @@ class Breakdown:
     """Timing hooks around the collector's stages (installed in the child only)."""
 
     def __init__(self):
-        self.t = {k: 0.0 for k in ("warmup", "prefill", "decode", "run_batch", "shard_fn", "arrow_write", "map")}
+        self.t = {k: 0.0 for k in ("warmup", "prefill", "decode", "launch_batch", "compute_shard", "shard_table",
+                                   "arrow_write", "map", "take")}
         self.n = {"prefill": 0, "decode": 0}
         self._in_warmup = False
 
@@ -119,10 +121,13 @@ class Breakdown:
                 bd._in_warmup = False
                 bd.t["warmup"] += time.perf_counter() - t0
 
+        from hf_introspect import pipeline
+
         collector._warmup_seconds = warm
-        collector.run_batch = timed("run_batch", collector.run_batch)
-        orig_shard_fn = collector._shard_function
-        collector._shard_function = lambda *a, **k: timed("shard_fn", orig_shard_fn(*a, **k))
+        collector.launch_batch = timed("launch_batch", collector.launch_batch)
+        collector._compute_shard = timed("compute_shard", collector._compute_shard)
+        collector._shard_table = timed("shard_table", collector._shard_table)
+        pipeline.ShardPrefetcher.take = timed("take", pipeline.ShardPrefetcher.take)
         depth = [0]
 
         def writer_timed(fn):
@@ -142,17 +147,23 @@ class Breakdown:
         datasets.Dataset.map = timed("map", datasets.Dataset.map, guard=lambda a, k: bool(k.get("cache_file_name")))
 
     def report(self, total: float) -> dict:
+        """Two threads: the inference thread (forwards, the rest of each batch, the scatter into the
+        shard buffers) and the main thread (waiting for a shard, per-row metadata, Arrow write, map)."""
         t = self.t
         fwd = t["prefill"] + t["decode"]
         rows = {
-            "model forward, prompt (prefill)": t["prefill"],
-            "model forward, decode steps": t["decode"],
-            "run_batch rest (stack/cast/isfinite/host copy/gather/sampling)": t["run_batch"] - fwd,
-            "shard fn per-row Python (decode text, readout, lists)": t["shard_fn"] - t["run_batch"],
-            "Arrow encode + write (ArrowWriter)": t["arrow_write"],
-            "datasets map overhead (select, iterate, rename)": t["map"] - t["shard_fn"] - t["arrow_write"],
-            "warm-up estimate batch": t["warmup"],
-            "other (prompts, plan, finalize, load_from_disk)": total - t["map"] - t["warmup"],
+            "[inference thread] model forward, prompt (prefill)": t["prefill"],
+            "[inference thread] model forward, decode steps": t["decode"],
+            "[inference thread] rest of launch_batch (pad, gather, cast, isfinite, copies, sampling)":
+                t["launch_batch"] - fwd,
+            "[inference thread] rest of the shard (results, scatter into shard buffers)":
+                t["compute_shard"] - t["launch_batch"],
+            "[main thread] waiting for the inference thread": t["take"],
+            "[main thread] per-row metadata (decode text, readout, lists)": t["shard_table"],
+            "[main thread] Arrow encode + write (ArrowWriter)": t["arrow_write"],
+            "[main thread] datasets map overhead (select, iterate, rename)": t["map"] - t["shard_table"] - t["arrow_write"],
+            "[main thread] warm-up estimate batch": t["warmup"],
+            "[main thread] other (prompts, plan, finalize, load_from_disk)": total - t["map"] - t["warmup"] - t["take"],
         }
         return {"seconds": rows, "calls": dict(self.n)}
 

@@ -296,7 +296,8 @@ def main(argv=None) -> int:
     ap.add_argument("--all_save_every", type=int, default=2,
                     help="batches per shard, all-position runs (2 x 16 = 32 rows = 1.7 GB: the first shard's "
                          "inference, which nothing overlaps, stays short next to the run)")
-    ap.add_argument("--stages", default="forward,last,disk,all,reference", help="comma-separated subset to run")
+    ap.add_argument("--stages", default="forward,last,disk,all,all1,reference",
+                    help="comma-separated subset to run (all1: all positions with one shard writer, for A/B)")
     ap.add_argument("--out_dir", default=None, help="folder on the output disk (default: a temp dir)")
     ap.add_argument("--wheels", default=None, help="wheel folder for datasets & co (default: .whl/ or wheels/)")
     ap.add_argument("--json", default=None, help="results file (default: $OUT/gpu_bench.json when $OUT is set)")
@@ -415,6 +416,20 @@ def main(argv=None) -> int:
                     res[f"hf_all_mnt{mnt}"] = r
                     show(f"hf all, mnt {mnt}", r, f"{r['ratio_vs_disk']:.2f}x disk bound "
                          f"({r['ratio_vs_disk_fsync']:.2f}x the fsync bound), {r['bytes_per_s'] / 1e9:.2f} GB/s")
+        if "all1" in stages and "disk" in res:
+            with stage("hf_all_mnt0_1writer"):
+                real = collector._writer_count
+                collector._writer_count = lambda device, cfg: 1
+                try:
+                    r = run_collect(lm, qs_all.select(range(args.all_questions)), out_root / "run", positions="all",
+                                    max_new_tokens=0, batch=B, save_every=args.all_save_every)
+                finally:
+                    collector._writer_count = real
+                r["ratio_vs_disk"] = r["qps"] / res["disk"]["qps_bound"]
+                r["ratio_vs_disk_fsync"] = r["qps"] / res["disk"]["qps_bound_fsync"]
+                res["hf_all_mnt0_1writer"] = r
+                show("hf all, mnt 0, 1 writer", r, f"{r['ratio_vs_disk']:.2f}x disk bound "
+                     f"({r['ratio_vs_disk_fsync']:.2f}x the fsync bound), {r['bytes_per_s'] / 1e9:.2f} GB/s")
         if "reference" in stages and args.ref_questions:
             with stage("reference"):
                 r = run_reference(lm, qs_all.select(range(args.ref_questions)), out_root / "ref", batch=B,

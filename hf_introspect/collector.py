@@ -27,7 +27,7 @@ from datasets.utils import logging as ds_logging
 from . import __version__
 from .config import CollectConfig, config_hash, kept_positions, parse_layers
 from .errors import UserError
-from .inference import BatchOutput, row_generator, run_batch
+from .inference import BatchOutput, PendingBatch, launch_batch, row_generator
 from .model_loading import LoadedModel, load_model
 from .pipeline import HostBuffers, ShardJob, ShardPrefetcher
 from .planning import Plan, check_fits, free_bytes, plan_pass
@@ -76,9 +76,9 @@ class PassContext:
     buffers: HostBuffers
     overflow_layers: set[int] = field(default_factory=set)
 
-    def run_rows(self, seqs, positions, qids, host_alloc=None) -> BatchOutput:
+    def launch_rows(self, seqs, positions, qids, host_alloc=None) -> PendingBatch:
         gens = [row_generator(self.cfg.seed, q, self.pass_name) for q in qids] if self.cfg.temperature > 0 else None
-        return run_batch(self.lm.model, seqs, pad_id=self.lm.tokenizer.pad_token_id, label_ids=self.label_ids,
+        return launch_batch(self.lm.model, seqs, pad_id=self.lm.tokenizer.pad_token_id, label_ids=self.label_ids,
                          layers=self.layers, keep_positions=positions, act_dtype=self.cfg.act_dtype,
                          max_new_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature,
                          top_p=self.cfg.top_p, eos_ids=self.eos_ids, generators=gens, host_alloc=host_alloc)
@@ -89,17 +89,33 @@ def _run_with_backoff(ctx: PassContext, rows: list[int], seqs, positions, qids,
                       check_stop=lambda: None) -> dict[int, tuple[BatchOutput, int]]:
     """Run rows in micro-batches of ctx.micro_batch, halving it on out-of-memory.
 
-    With ``sink = (flats, offsets)``, row r's activations of stored layer j are copied into
-    ``flats[j][offsets[r]:offsets[r + 1]]`` as each micro-batch finishes (from the reused staging
-    buffer) and ``BatchOutput.activations`` becomes None."""
+    Micro-batch k + 1 is launched before k's results are read, so the device computes while the
+    host waits for, copies and scatters the previous one. With ``sink = (flats, offsets)``, row
+    r's activations of stored layer j are copied into ``flats[j][offsets[r]:offsets[r + 1]]``
+    (from the two alternating staging buffers) and ``BatchOutput.activations`` becomes None."""
     results: dict[int, tuple[BatchOutput, int]] = {}
-    i = 0
+
+    def finish(chunk: list[int], pending: PendingBatch) -> None:
+        out = pending.result()
+        if sink is not None:
+            flats, offsets = sink
+            # Destination token index of each stacked position (rows in the micro-batch's order).
+            dest = np.concatenate([np.arange(offsets[r], offsets[r + 1]) for r in chunk])
+            for j, flat in enumerate(flats):
+                flat[dest] = out.stacked[j]  # (n_kept_total, hidden) rows scattered in one call
+            out.activations = out.stacked = None
+        for k, r in enumerate(chunk):
+            results[r] = (out, k)
+
+    in_flight: tuple[list[int], PendingBatch] | None = None
+    i = launched = 0
     while i < len(rows):
         check_stop()
         chunk = rows[i:i + ctx.micro_batch]
+        staging = (lambda shape, dtype, w=launched % 2: ctx.buffers.staging(shape, dtype, w)) if sink is not None else None
         try:
-            out = ctx.run_rows([seqs[r] for r in chunk], [positions[r] for r in chunk], [qids[r] for r in chunk],
-                               host_alloc=ctx.buffers.staging if sink is not None else None)
+            pending = ctx.launch_rows([seqs[r] for r in chunk], [positions[r] for r in chunk],
+                                      [qids[r] for r in chunk], host_alloc=staging)
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             if not _is_oom(exc):
                 raise
@@ -111,16 +127,13 @@ def _run_with_backoff(ctx: PassContext, rows: list[int], seqs, positions, qids,
             ctx.micro_batch = max(1, ctx.micro_batch // 2)
             logger.warning("out of memory: batch size lowered to %d and retried", ctx.micro_batch)
             continue
-        if sink is not None:
-            flats, offsets = sink
-            # Destination token index of each stacked position (rows in the micro-batch's order).
-            dest = np.concatenate([np.arange(offsets[r], offsets[r + 1]) for r in chunk])
-            for j, flat in enumerate(flats):
-                flat[dest] = out.stacked[j]  # (n_kept_total, hidden) rows scattered in one call
-            out.activations = out.stacked = None
-        for k, r in enumerate(chunk):
-            results[r] = (out, k)
+        if in_flight is not None:
+            finish(*in_flight)
+        in_flight = (chunk, pending)
         i += len(chunk)
+        launched += 1
+    if in_flight is not None:
+        finish(*in_flight)
     return results
 
 
@@ -233,18 +246,14 @@ def _shard_table(ctx: PassContext, features: Features, batch: pa.Table, data: Sh
     return table
 
 
-def _write_shard(prefetch: ShardPrefetcher, ctx: PassContext, features: Features, prompts: Dataset, index: int,
+def _write_shard(prefetch: ShardPrefetcher, result, ctx: PassContext, features: Features, prompts: Dataset,
                  path: Path, fingerprint: str) -> None:
-    """Write the prefetch thread's next shard as one ``Dataset.map`` whose ``cache_file_name`` is
-    the shard's final file (map writes a temp file and renames it: the shard exists whole or not)."""
-    result = prefetch.take()
+    """Write one computed shard as one ``Dataset.map`` whose ``cache_file_name`` is the shard's
+    final file (map writes a temp file and renames it: the shard exists whole or not), then hand
+    its buffers back to the inference thread."""
     job, data = result.job, result.value
-    if (job.pass_name, job.index) != (ctx.pass_name, index):
-        prefetch.release(result)
-        raise RuntimeError(f"inference thread out of step: it computed {job.pass_name} shard {job.index}, "
-                           f"the writer is at {ctx.pass_name} shard {index}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         prompts.select(range(job.lo, job.hi)).with_format("arrow").map(
             lambda batch: _shard_table(ctx, features, batch, data), batched=True, batch_size=job.hi - job.lo,
             features=features, cache_file_name=str(path), new_fingerprint=fingerprint, load_from_cache_file=False)
@@ -255,6 +264,46 @@ def _write_shard(prefetch: ShardPrefetcher, ctx: PassContext, features: Features
         raise
     finally:
         prefetch.release(result)  # map has written the table: its buffers may be refilled
+
+
+class ShardWriters:
+    """Writes shards one at a time in the calling thread, or with ``n > 1`` in ``n`` threads at
+    once. On a GPU an all-positions run is bound by the disk, and ext4 flushes each of map's
+    shard files when it is closed (its temp file is truncated and rewritten, which triggers
+    ``auto_da_alloc``): while one writer waits for that flush another fills the page cache, so
+    the disk never idles. Shards are independent files, so their order of completion is free."""
+
+    def __init__(self, n: int):
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.n = n
+        self.pool = ThreadPoolExecutor(n, thread_name_prefix="hf_introspect-writer") if n > 1 else None
+        self.running = deque()
+
+    def submit(self, fn, *args) -> None:
+        if self.pool is None:
+            fn(*args)
+            return
+        while len(self.running) >= self.n:
+            self.running.popleft().result()  # re-raises a writer's error here
+        self.running.append(self.pool.submit(fn, *args))
+
+    def drain(self) -> None:
+        while self.running:
+            self.running.popleft().result()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            for f in self.running:
+                f.cancel()
+            self.pool.shutdown(wait=True)  # a shard being written finishes (or fails) whole
+
+
+def _writer_count(device: torch.device, cfg: CollectConfig) -> int:
+    """Two concurrent shard writers where a run can be disk-bound (a GPU storing more than the last
+    positions), one elsewhere (a CPU run is bound by the model, and a writer costs a shard of RAM)."""
+    return 2 if device.type == "cuda" and not cfg.positions.startswith("last") else 1
 
 
 def _eos_ids(lm: LoadedModel) -> set[int]:
@@ -372,6 +421,7 @@ def collect(cfg: CollectConfig, *, lm: LoadedModel | None = None, questions: Dat
 
 def _collect(cfg, state, out, questions, templates, lm, layers, label_ids, n_shards, run_config, micro, eos):
     run_id = run_config["run_id"]
+    t_start = time.perf_counter()
     prompts = {p: build_prompt_dataset(questions, p, templates[p], lm.tokenizer, lm.use_chat_template,
                                        fingerprint=f"{run_id}-{p}-prompts") for p in cfg.passes}
     device = next(lm.model.parameters()).device
@@ -400,6 +450,8 @@ def _collect(cfg, state, out, questions, templates, lm, layers, label_ids, n_sha
 
     from tqdm.auto import tqdm
 
+    t_shards = time.perf_counter()
+
     # This process's shards still to write, in the order map writes them; the prefetch thread
     # computes them in that order, one shard ahead of the writer.
     mine = {p: [i for i in range(n_shards) if i % state.num_processes == state.process_index]
@@ -409,8 +461,9 @@ def _collect(cfg, state, out, questions, templates, lm, layers, label_ids, n_sha
             for i in mine[p] if not shard_path(out, p, i, n_shards).is_file()]
     compute = lambda job, slot, check_stop: _compute_shard(contexts[job.pass_name], prompts[job.pass_name], job,  # noqa: E731
                                                            slot, check_stop)
+    writers = ShardWriters(_writer_count(device, cfg))
     try:
-        with ShardPrefetcher(jobs, compute, device=device) as prefetch:
+        with ShardPrefetcher(jobs, compute, device=device, slots=writers.n + 1) as prefetch:
             for pass_name in cfg.passes:
                 if split_is_final(out, pass_name):
                     continue
@@ -421,9 +474,15 @@ def _collect(cfg, state, out, questions, templates, lm, layers, label_ids, n_sha
                 for i in mine[pass_name]:
                     path = shard_path(out, pass_name, i, n_shards)
                     if not path.is_file():
-                        _write_shard(prefetch, contexts[pass_name], features, prompts[pass_name], i, path,
-                                     f"{run_id}-{pass_name}-{i:05d}")
+                        result = prefetch.take()
+                        if (result.job.pass_name, result.job.index) != (pass_name, i):
+                            prefetch.release(result)
+                            raise RuntimeError(f"inference thread out of step: it computed {result.job.pass_name} "
+                                               f"shard {result.job.index}, the writer is at {pass_name} shard {i}")
+                        writers.submit(_write_shard, prefetch, result, contexts[pass_name], features,
+                                       prompts[pass_name], path, f"{run_id}-{pass_name}-{i:05d}")
                     bar.update(1)
+                writers.drain()
                 bar.close()
                 state.wait_for_everyone()
                 if state.is_main_process:
@@ -433,8 +492,10 @@ def _collect(cfg, state, out, questions, templates, lm, layers, label_ids, n_sha
                 state.wait_for_everyone()
         if jobs:
             # Which side bounds the run: a writer that waits means inference is the bottleneck.
-            logger.info("%s", prefetch.summary())
+            logger.info("%s; setup (prompts, plan, warm-up batch) took %.1f s, the shards %.1f s",
+                        prefetch.summary(), t_shards - t_start, time.perf_counter() - t_shards)
     finally:
+        writers.close()
         buffers.release()
     if state.is_main_process:
         finalize_run(out, cfg.passes)

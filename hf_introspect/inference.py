@@ -94,25 +94,63 @@ def row_generator(seed: int, question_id: str, pass_name: str) -> torch.Generato
     return g
 
 
+def _to_host(t: torch.Tensor, dst: torch.Tensor | None = None) -> torch.Tensor:
+    """Device -> host copy that does not wait: into pinned memory, ordered on the current stream
+    (read it only after the batch's event). On a CPU this is a plain copy (or nothing)."""
+    if t.device.type == "cpu":
+        return t if dst is None else dst.copy_(t)
+    if dst is None:
+        dst = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    return dst.copy_(t, non_blocking=True)
+
+
+@dataclass
+class PendingBatch:
+    """A batch whose device work and device-to-host copies are queued but maybe not finished.
+    :meth:`result` waits for them (one event) and returns the :class:`BatchOutput`."""
+
+    label_logits: torch.Tensor  # host (batch, n_labels) float32
+    stacked: torch.Tensor  # host (n_stored, n_kept_total, hidden)
+    overflow: torch.Tensor  # host (batch, n_stored) int64
+    tokens: torch.Tensor | None  # host (batch, steps) generated tokens, EOS and after included
+    offsets: np.ndarray  # (batch + 1,) row r's kept positions are stacked[:, offsets[r]:offsets[r + 1]]
+    eos_ids: set[int]
+    event: torch.cuda.Event | None  # recorded after the copies; None on a CPU (already done)
+
+    def result(self) -> BatchOutput:
+        if self.event is not None:
+            self.event.synchronize()
+        host = self.stacked.numpy()
+        n = len(self.offsets) - 1
+        generated: list[list[int]] = [[] for _ in range(n)]
+        if self.tokens is not None:
+            for r, row in enumerate(self.tokens.tolist()):
+                for t in row:  # up to (excluding) the first EOS
+                    if t in self.eos_ids:
+                        break
+                    generated[r].append(t)
+        # Per-row views into one contiguous host array: no further copies before Arrow encoding.
+        activations = [[host[j, self.offsets[r]:self.offsets[r + 1]] for j in range(host.shape[0])] for r in range(n)]
+        return BatchOutput(label_logits=self.label_logits.numpy(), activations=activations,
+                           overflow_counts=self.overflow.numpy(), generated_ids=generated, stacked=host)
+
+
 @torch.inference_mode()
-def run_batch(net, sequences: list[list[int]], *, pad_id: int, label_ids: dict[str, list[int]],
-              layers: list[int], keep_positions: list[np.ndarray], act_dtype: str = "float16",
-              max_new_tokens: int = 0, temperature: float = 0.0, top_p: float = 1.0,
-              eos_ids: set[int] = frozenset(), generators: list[torch.Generator] | None = None,
-              host_alloc: Callable[[tuple, torch.dtype], torch.Tensor] | None = None) -> BatchOutput:
-    """Forward one batch of prompts and read out everything stored for them.
+def launch_batch(net, sequences: list[list[int]], *, pad_id: int, label_ids: dict[str, list[int]],
+                 layers: list[int], keep_positions: list[np.ndarray], act_dtype: str = "float16",
+                 max_new_tokens: int = 0, temperature: float = 0.0, top_p: float = 1.0,
+                 eos_ids: set[int] = frozenset(), generators: list[torch.Generator] | None = None,
+                 host_alloc: Callable[[tuple, torch.dtype], torch.Tensor] | None = None) -> PendingBatch:
+    """Queue one batch: forward, gather of the stored layers x positions, readout and the
+    continuation, with the results copied to host memory without waiting for them. Calling it for
+    the next batch before :meth:`PendingBatch.result` of this one keeps a GPU busy while the host
+    handles the previous batch. :func:`run_batch` is ``launch_batch(...).result()``.
 
     ``layers`` index the residual stack: 0 = embedding output, i = output of block i (the last
     one before the final norm). ``keep_positions[r]`` are prompt token indices (0..len-1) to keep.
     ``host_alloc(shape, dtype)``, if given, returns reusable host memory (pinned on CUDA) for the
-    stored activations, which then stay valid only until its next call; without it every batch
-    gets fresh memory (page faults on every call: ~1 s per GB on a small VM).
-
-    Example:
-        >>> out = run_batch(net, [[1, 5, 9]], pad_id=0, label_ids={"A": [5], "B": [6]},
-        ...                 layers=[0, 2], keep_positions=[np.arange(3)])   # doctest: +SKIP
-        >>> out.activations[0][1].shape                                      # doctest: +SKIP
-        (3, 64)
+    stored activations, which then stay valid only until it hands the same memory out again;
+    without it every batch gets fresh memory (page faults on every call: ~1 s per GB on a small VM).
     """
     device = next(net.parameters()).device
     ids, mask, pos = left_pad(sequences, pad_id, device)
@@ -122,7 +160,7 @@ def run_batch(net, sequences: list[list[int]], *, pad_id: int, label_ids: dict[s
     hidden = list(out.hidden_states)  # n_layers + 1 tensors of (batch, T, hidden)
     hidden[-1] = pre_norm["x"]
     next_logits = out.logits[:, -1, :]  # (batch, vocab)
-    label_logits = restricted_logits(next_logits, label_ids).cpu().numpy()
+    label_logits = _to_host(restricted_logits(next_logits, label_ids))
 
     # Only the stored layers and positions are gathered (on the device), cast and copied: padding
     # and unstored positions never cross to the host. (n_stored, n_kept_total, hidden)
@@ -143,44 +181,64 @@ def run_batch(net, sequences: list[list[int]], *, pad_id: int, label_ids: dict[s
             index[h.device] = tuple(t.to(h.device) for t in index[device])
         kept[j].copy_(h[index[h.device]])
     del hidden
-    # Non-finite values after the cast (float16 overflow), per row and layer; counted only when
-    # there are any (one isfinite pass + all() in the usual case).
-    overflow = np.zeros((len(sequences), len(layers)), dtype=np.int64)
-    if not bool(torch.isfinite(kept).all()):
-        bad = (~torch.isfinite(kept)).sum(dim=-1)  # (n_stored, n_kept_total)
-        np.add.at(overflow, rows, bad.T.cpu().numpy())
-    if on_host:
-        host = kept.numpy()
-    elif host_alloc is not None:
-        host = host_alloc(shape, dtype).copy_(kept).numpy()
-    else:
-        host = kept.cpu().numpy()
-    offsets = np.concatenate([[0], np.cumsum(counts)])
-    # Per-row views into one contiguous host array: no further copies before Arrow encoding.
-    activations = [[host[j, offsets[r]:offsets[r + 1]] for j in range(len(layers))] for r in range(len(sequences))]
+    # Non-finite values after the cast (float16 overflow), per row and layer: (batch, n_stored).
+    if device.type == "cpu":  # counted only when there are any: one isfinite pass + all() usually
+        overflow = torch.zeros((len(sequences), len(layers)), dtype=torch.int64)
+        if not bool(torch.isfinite(kept).all()):
+            overflow.index_add_(0, index[device][0], (~torch.isfinite(kept)).sum(dim=-1).T)
+    else:  # counted on the device every time: asking first would make the host wait for the GPU
+        overflow = torch.zeros((len(sequences), len(layers)), dtype=torch.int64, device=device)
+        overflow = _to_host(overflow.index_add_(0, index[device][0], (~torch.isfinite(kept)).sum(dim=-1).T))
+    stacked = kept if on_host else _to_host(kept, host_alloc(shape, dtype) if host_alloc is not None else None)
+    del kept
 
-    generated: list[list[int]] = [[] for _ in sequences]
+    tokens = None
     if max_new_tokens > 0:
-        gens = generators or [torch.Generator() for _ in sequences]
-        cache = _cache_of(out)
-        lengths = mask.sum(-1)  # next position id per row
-        done = torch.zeros(len(sequences), dtype=torch.bool, device=device)
-        logits = next_logits
-        for step in range(max_new_tokens):
-            tok = _sample(logits, temperature, top_p, gens)
-            for r in range(len(sequences)):
-                if not done[r]:
-                    t = int(tok[r])
-                    if t in eos_ids:
-                        done[r] = True
-                    else:
-                        generated[r].append(t)
-            if bool(done.all()) or step == max_new_tokens - 1:
-                break
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
-            step_out = net(input_ids=tok[:, None], attention_mask=mask, position_ids=(lengths + step)[:, None],
-                           use_cache=True, logits_to_keep=1, **{_cache_kwarg(net): cache})
-            cache = _cache_of(step_out)
-            logits = step_out.logits[:, -1, :]
-    return BatchOutput(label_logits=label_logits, activations=activations, overflow_counts=overflow,
-                       generated_ids=generated, stacked=host)
+        tokens = _to_host(_continue(net, out, next_logits, mask, max_new_tokens, temperature, top_p, eos_ids,
+                                    generators or [torch.Generator() for _ in sequences]))
+    event = None
+    if device.type == "cuda":
+        event = torch.cuda.Event()
+        event.record()
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return PendingBatch(label_logits, stacked, overflow, tokens, offsets, set(eos_ids), event)
+
+
+def _continue(net, out, next_logits, mask, max_new_tokens, temperature, top_p, eos_ids, gens) -> torch.Tensor:
+    """The continuation from the prompt's KV cache: (batch, steps) token ids on the device.
+
+    EOS is tracked on the device: the host learns only whether every row has ended (one small
+    copy per step, so a batch that answered in two tokens stops after two steps), never the
+    tokens themselves until the end."""
+    device = next_logits.device
+    cache = _cache_of(out)
+    lengths = mask.sum(-1)  # next position id per row
+    eos = torch.as_tensor(sorted(eos_ids), dtype=torch.long, device=device) if eos_ids else None
+    done = torch.zeros(next_logits.shape[0], dtype=torch.bool, device=device)
+    logits, steps = next_logits, []
+    for step in range(max_new_tokens):
+        tok = _sample(logits, temperature, top_p, gens)
+        steps.append(tok)
+        if eos is not None:
+            done |= torch.isin(tok, eos)
+        if step == max_new_tokens - 1 or (eos is not None and bool(done.all())):
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
+        step_out = net(input_ids=tok[:, None], attention_mask=mask, position_ids=(lengths + step)[:, None],
+                       use_cache=True, logits_to_keep=1, **{_cache_kwarg(net): cache})
+        cache = _cache_of(step_out)
+        logits = step_out.logits[:, -1, :]
+    return torch.stack(steps, dim=1)
+
+
+def run_batch(net, sequences: list[list[int]], **kw) -> BatchOutput:
+    """Forward one batch of prompts and read out everything stored for them (waits for the result).
+    Arguments as :func:`launch_batch`.
+
+    Example:
+        >>> out = run_batch(net, [[1, 5, 9]], pad_id=0, label_ids={"A": [5], "B": [6]},
+        ...                 layers=[0, 2], keep_positions=[np.arange(3)])   # doctest: +SKIP
+        >>> out.activations[0][1].shape                                      # doctest: +SKIP
+        (3, 64)
+    """
+    return launch_batch(net, sequences, **kw).result()

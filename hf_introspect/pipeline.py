@@ -6,8 +6,9 @@ the next one is computed. With all layers at all positions of an 8B model a shar
 its write takes longer than its inference, so the overlap is what lets a run go at disk speed; with
 ``--positions last`` the writes are small and the thread keeps the accelerator fed between shards.
 
-Memory stays bounded: the thread fills one of two host buffer sets (``SLOTS``) and waits for the
-writer to hand a set back, so at most one shard is computed ahead of the one being written.
+Memory stays bounded: the thread fills one of ``slots`` host buffer sets (two by default: one
+being written, one being filled) and waits for a writer to hand a set back, so at most one shard
+is computed ahead of those being written.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class HostBuffers:
     def __init__(self, n_layers: int, hidden: int, dtype: str, pin: bool):
         self.n_layers, self.hidden, self.dtype, self.pin = n_layers, hidden, np.dtype(dtype), pin
         self._slots: dict[int, list[np.ndarray]] = {}
-        self._staging: torch.Tensor | None = None
+        self._staging: dict[int, torch.Tensor] = {}
 
     def shard(self, slot: int, tokens: int) -> list[np.ndarray]:
         bufs = self._slots.get(slot)
@@ -49,16 +50,19 @@ class HostBuffers:
             bufs = self._slots[slot] = [np.empty((tokens, self.hidden), self.dtype) for _ in range(self.n_layers)]
         return [b[:tokens] for b in bufs]
 
-    def staging(self, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    def staging(self, shape: tuple, dtype: torch.dtype, which: int = 0) -> torch.Tensor:
+        """Host memory for one micro-batch's stored activations; ``which`` (0 or 1) alternates so
+        one micro-batch's copy can land while the previous one is still being read."""
         numel = int(np.prod(shape))
-        if self._staging is None or self._staging.dtype != dtype or self._staging.numel() < numel:
-            self._staging = None
-            self._staging = torch.empty(numel, dtype=dtype, pin_memory=self.pin)
-        return self._staging[:numel].view(shape)
+        buf = self._staging.get(which)
+        if buf is None or buf.dtype != dtype or buf.numel() < numel:
+            self._staging.pop(which, None)
+            buf = self._staging[which] = torch.empty(numel, dtype=dtype, pin_memory=self.pin)
+        return buf[:numel].view(shape)
 
     def release(self) -> None:
         self._slots.clear()
-        self._staging = None
+        self._staging.clear()
 
 
 @dataclass
@@ -86,7 +90,7 @@ class _Stopped(Exception):
 @dataclass
 class ShardPrefetcher:
     """Runs ``compute(job, slot, check_stop)`` for each job, in order, on a background thread, at most
-    ``SLOTS - 1`` shards ahead of the consumer. ``take()`` returns the next result (re-raising the
+    ``slots - 1`` shards ahead of the consumer. ``take()`` returns the next result (re-raising the
     thread's exception in the caller, KeyboardInterrupt included); ``release(result)`` hands its
     buffer slot back once the shard is written. Use as a context manager: leaving it stops the
     thread (after its current micro-batch) and waits for it.
@@ -104,6 +108,7 @@ class ShardPrefetcher:
     jobs: list[ShardJob]
     compute: Callable[[ShardJob, int, Callable[[], None]], Any]
     device: torch.device | None = None
+    slots: int = SLOTS  # buffer sets: shards being written + the one being computed
     _free: queue.Queue = field(default_factory=queue.Queue, init=False)
     _done: queue.Queue = field(default_factory=queue.Queue, init=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
@@ -114,7 +119,7 @@ class ShardPrefetcher:
                                                              "writer_waited_s": 0.0, "shards": 0}, init=False)
 
     def __enter__(self) -> ShardPrefetcher:
-        for slot in range(SLOTS):
+        for slot in range(self.slots):
             self._free.put(slot)
         self._thread = threading.Thread(target=self._run, name="hf_introspect-inference", daemon=True)
         self._thread.start()

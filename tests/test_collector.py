@@ -96,14 +96,17 @@ def test_row_equals_an_unbatched_forward(base_run, tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg, ds = base_run
-    net = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    # The reference runs where the collector ran (its process device): float32 results of the
+    # same model differ across devices (CPU vs CUDA kernels) by more than within one.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    net = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval().to(device)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     label_ids = {L: [tok.convert_tokens_to_ids(t) for t in (L, "Ġ" + L) if tok.convert_tokens_to_ids(t) != tok.unk_token_id]
                  for L in "ABCD"}
     split = ds["mcq"].with_format("numpy", dtype=None)
     for r in (0, 5, N_QUESTIONS - 1):  # rows from different batches and shards, different pad widths
         row = split[r]
-        ids = torch.tensor(row["input_ids"], dtype=torch.long)[None]
+        ids = torch.tensor(row["input_ids"], dtype=torch.long, device=device)[None]
         captured = {}
         hook = net.model.layers[-1].register_forward_hook(
             lambda m, a, o: captured.setdefault("x", o[0] if isinstance(o, tuple) else o))
@@ -114,7 +117,7 @@ def test_row_equals_an_unbatched_forward(base_run, tiny_model_dir):
         for i, ref in enumerate(expected):
             got = row[layer_column(i)]
             assert got.dtype == np.float16 and got.shape == (row["seq_len"], 64)
-            np.testing.assert_allclose(got.astype(np.float32), ref.numpy(), atol=2e-3, rtol=2e-3)
+            np.testing.assert_allclose(got.astype(np.float32), ref.cpu().numpy(), atol=2e-3, rtol=2e-3)
         last = out.logits[0, -1]
         ref_logits = [torch.logsumexp(last[label_ids[L]], 0).item() for L in "ABCD"]
         np.testing.assert_allclose(row["logits"], ref_logits, atol=1e-4)
@@ -126,10 +129,11 @@ def test_output_text_is_the_greedy_continuation(base_run, tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _, ds = base_run
-    net = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # where the collector ran
+    net = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval().to(device)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     row = ds["self_conf"][4]
-    gen = net.generate(torch.tensor([row["input_ids"]]), max_new_tokens=3, do_sample=False,
+    gen = net.generate(torch.tensor([row["input_ids"]], device=device), max_new_tokens=3, do_sample=False,
                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     new = [t for t in gen[0, len(row["input_ids"]):].tolist() if t != tok.eos_token_id]
     assert row["output_text"] == tok.decode(new, skip_special_tokens=True)
@@ -156,7 +160,7 @@ def test_interrupted_run_resumes_to_the_same_data(base_run, tiny_model_dir, tmp_
 
     cfg, reference = base_run
     calls = {"n": 0}
-    real = collector.run_batch
+    real = collector.launch_batch
 
     def flaky(*a, **k):
         calls["n"] += 1
@@ -164,13 +168,13 @@ def test_interrupted_run_resumes_to_the_same_data(base_run, tiny_model_dir, tmp_
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(collector, "run_batch", flaky)
+    monkeypatch.setattr(collector, "launch_batch", flaky)
     resumed_cfg = run_cfg(tmp_path, tiny_model_dir)
     with pytest.raises(KeyboardInterrupt):
         collect(resumed_cfg, questions=make_questions())
     assert not list((tmp_path / "run").glob("*/tmp*"))  # map removed its temp file
     assert not (tmp_path / "run" / "dataset_dict.json").exists()
-    monkeypatch.setattr(collector, "run_batch", real)
+    monkeypatch.setattr(collector, "launch_batch", real)
     resumed = collect(resumed_cfg, questions=make_questions())
     for name in reference:
         a, b = reference[name].with_format("numpy", dtype=None), resumed[name].with_format("numpy", dtype=None)
@@ -247,14 +251,14 @@ def test_out_of_memory_halves_the_batch_and_finishes(base_run, tiny_model_dir, t
 
     from hf_introspect import collector
 
-    real = collector.run_batch
+    real = collector.launch_batch
 
     def small_memory(net, sequences, **kw):
         if len(sequences) > 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(net, sequences, **kw)
 
-    monkeypatch.setattr(collector, "run_batch", small_memory)
+    monkeypatch.setattr(collector, "launch_batch", small_memory)
     cfg = run_cfg(tmp_path, tiny_model_dir, passes=("mcq",))
     with caplog.at_level(logging.WARNING, logger="hf_introspect"):
         ds = collect(cfg, questions=make_questions())["mcq"]
@@ -272,7 +276,7 @@ def test_single_prompt_too_big_for_memory_is_a_clear_error(tiny_model_dir, tmp_p
     def no_memory(net, sequences, **kw):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(collector, "run_batch", no_memory)
+    monkeypatch.setattr(collector, "launch_batch", no_memory)
     with pytest.raises(UserError, match="does not fit in memory"):
         collect(run_cfg(tmp_path, tiny_model_dir, passes=("mcq",)), questions=make_questions(3))
     assert not (tmp_path / "run").exists()

@@ -270,6 +270,34 @@ def run_reference(lm, qs, out: Path, *, batch: int, seq_len: int, vocab: int) ->
             "bytes": res["activation_bytes"]}
 
 
+def sync_check(net, batch: int, seq_len: int, vocab: int) -> dict:
+    """Which operations inside one ``launch_batch`` (prompt forward, gather, readout, copies; no
+    continuation) make the host wait for the GPU: ``torch.cuda.set_sync_debug_mode("warn")``
+    names each. Every such wait idles the GPU while the host launches the next batch."""
+    import warnings
+
+    import numpy as np
+    import torch
+
+    from hf_introspect.inference import launch_batch
+
+    seqs = [list(np.random.default_rng(r).integers(3, vocab, size=seq_len - (r % 3))) for r in range(batch)]
+    kw = dict(pad_id=0, label_ids={"A": [10], "B": [11]}, layers=list(range(net.config.num_hidden_layers + 1)),
+              keep_positions=[np.array([len(s) - 1]) for s in seqs])
+    launch_batch(net, seqs, **kw).result()  # warm-up
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            pending = launch_batch(net, seqs, **kw)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        pending.result()
+    where = [f"{'/'.join(Path(w.filename).parts[-2:])}:{w.lineno}" for w in caught]
+    return {"count": len(where), "where": where[:12]}
+
+
 def filesystem(path: Path) -> dict:
     """The output folder's mount (type, device) and free space: the disk ceiling depends on it."""
     best = ("", "", "")
@@ -292,11 +320,15 @@ def main(argv=None) -> int:
                     help="questions for the forward ceiling and the last-position runs (~10 s each on an H100)")
     ap.add_argument("--all_questions", type=int, default=400, help="questions for the all-position runs")
     ap.add_argument("--ref_questions", type=int, default=64, help="questions for the reference loop (0 = skip)")
+    ap.add_argument("--last_mnt", default="0,10", help="max_new_tokens values for the last-position runs")
+    ap.add_argument("--mnt10_questions", type=int, default=None,
+                    help="questions for the runs with max_new_tokens > 0 (default: as many as the mnt-0 run)")
+    ap.add_argument("--all_mnt", default="0,10", help="max_new_tokens values for the all-position runs")
     ap.add_argument("--save_every", type=int, default=4, help="batches per shard, last-position runs (4 x 16 = 64 rows)")
     ap.add_argument("--all_save_every", type=int, default=2,
                     help="batches per shard, all-position runs (2 x 16 = 32 rows = 1.7 GB: the first shard's "
                          "inference, which nothing overlaps, stays short next to the run)")
-    ap.add_argument("--stages", default="forward,last,disk,all,all1,reference",
+    ap.add_argument("--stages", default="syncs,forward,last,disk,all,all1,reference",
                     help="comma-separated subset to run (all1: all positions with one shard writer, for A/B)")
     ap.add_argument("--out_dir", default=None, help="folder on the output disk (default: a temp dir)")
     ap.add_argument("--wheels", default=None, help="wheel folder for datasets & co (default: .whl/ or wheels/)")
@@ -381,14 +413,19 @@ def main(argv=None) -> int:
             save()
 
     try:
+        if "syncs" in stages and device.type == "cuda":
+            with stage("syncs"):
+                res["host_syncs_in_launch_batch"] = sync_check(net, B, args.seq_len, vocab)
+                print(f"{'host syncs (launch_batch)':<26}{res['host_syncs_in_launch_batch']}", flush=True)
         if "forward" in stages or "last" in stages:
             with stage("forward"):
                 res["forward_ceiling_qps"] = forward_ceiling(net, args.last_questions, B, args.seq_len, vocab, device)
                 print(f"{'forward ceiling':<26}{args.last_questions:>6} q {'':>10} "
                       f"{res['forward_ceiling_qps']:>9.2f} q/s", flush=True)
         if "last" in stages:
-            qs = qs_all.select(range(args.last_questions))
-            for mnt in (0, 10):
+            for mnt in [int(x) for x in args.last_mnt.split(",")]:
+                n = args.last_questions if mnt == 0 or not args.mnt10_questions else args.mnt10_questions
+                qs = qs_all.select(range(n))
                 with stage(f"hf_last_mnt{mnt}"):
                     r = run_collect(lm, qs, out_root / "run", positions="last", max_new_tokens=mnt, batch=B,
                                     save_every=args.save_every)
@@ -407,7 +444,7 @@ def main(argv=None) -> int:
                       f"({rate_fsync / per_q:.2f} with fsync) at {per_q / 1e6:.1f} MB/question", flush=True)
         if "all" in stages:
             qs = qs_all.select(range(args.all_questions))
-            for mnt in (0, 10):
+            for mnt in [int(x) for x in args.all_mnt.split(",")]:
                 with stage(f"hf_all_mnt{mnt}"):
                     r = run_collect(lm, qs, out_root / "run", positions="all", max_new_tokens=mnt, batch=B,
                                     save_every=args.all_save_every)

@@ -49,6 +49,19 @@ def capture_pre_norm(net):
         handle.remove()
 
 
+def to_device(x, device) -> torch.Tensor:
+    """Host -> device copy that does not make the host wait for the GPU.
+
+    A copy from pageable memory synchronises the stream first (CUDA semantics): the host would wait
+    for every queued kernel, e.g. the previous batch's forward, and the GPU would then idle while
+    the host launches the next one. From pinned memory the copy is queued like a kernel."""
+    t = torch.as_tensor(x)
+    device = torch.device(device)
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Left-pad token lists. Returns input_ids, attention_mask (batch, T) and position_ids that
     start at 0 at each row's first real token, as in an unpadded forward."""
@@ -59,7 +72,7 @@ def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Ten
         ids[r, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
         mask[r, width - len(seq):] = 1
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    return ids.to(device), mask.to(device), pos.to(device)
+    return to_device(ids, device), to_device(mask, device), to_device(pos, device)
 
 
 def _cache_kwarg(net) -> str:
@@ -160,7 +173,8 @@ def launch_batch(net, sequences: list[list[int]], *, pad_id: int, label_ids: dic
     hidden = list(out.hidden_states)  # n_layers + 1 tensors of (batch, T, hidden)
     hidden[-1] = pre_norm["x"]
     next_logits = out.logits[:, -1, :]  # (batch, vocab)
-    label_logits = _to_host(restricted_logits(next_logits, label_ids))
+    label_index = {label: to_device(torch.tensor(ids, dtype=torch.long), device) for label, ids in label_ids.items()}
+    label_logits = _to_host(restricted_logits(next_logits, label_index))
 
     # Only the stored layers and positions are gathered (on the device), cast and copied: padding
     # and unstored positions never cross to the host. (n_stored, n_kept_total, hidden)
@@ -169,7 +183,7 @@ def launch_batch(net, sequences: list[list[int]], *, pad_id: int, label_ids: dic
     rows = np.repeat(np.arange(len(sequences)), counts)
     cols = np.concatenate([width - len(seq) + np.asarray(k, dtype=np.int64)
                            for seq, k in zip(sequences, keep_positions)]) if rows.size else np.zeros(0, np.int64)
-    index = {device: (torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device))}
+    index = {device: (to_device(rows, device), to_device(cols, device))}
     shape, dtype = (len(layers), len(rows), hidden[0].shape[-1]), ACT_DTYPES[act_dtype]
     # On a CPU the host buffer itself is the gather target (no second copy).
     on_host = device.type == "cpu" and host_alloc is not None
@@ -213,7 +227,7 @@ def _continue(net, out, next_logits, mask, max_new_tokens, temperature, top_p, e
     device = next_logits.device
     cache = _cache_of(out)
     lengths = mask.sum(-1)  # next position id per row
-    eos = torch.as_tensor(sorted(eos_ids), dtype=torch.long, device=device) if eos_ids else None
+    eos = to_device(torch.tensor(sorted(eos_ids), dtype=torch.long), device) if eos_ids else None
     done = torch.zeros(next_logits.shape[0], dtype=torch.bool, device=device)
     logits, steps = next_logits, []
     for step in range(max_new_tokens):

@@ -44,10 +44,11 @@ def resolve_label_token_ids(tokenizer, labels: tuple[str, ...]) -> dict[str, lis
     return resolved
 
 
-def restricted_logits(next_token_logits: torch.Tensor, label_ids: dict[str, list[int]]) -> torch.Tensor:
+def restricted_logits(next_token_logits: torch.Tensor, label_ids: dict[str, list[int] | torch.Tensor]) -> torch.Tensor:
     """Per-label logits: logsumexp over each label's token forms.
 
-    next_token_logits: (batch, vocab) -> returns (batch, n_labels) in float32.
+    next_token_logits: (batch, vocab) -> returns (batch, n_labels) in float32. ``label_ids``
+    values may be index tensors already on the logits' device (no host round trip).
     """
     logits = next_token_logits.float()
     cols = [torch.logsumexp(logits[:, ids], dim=-1) for ids in label_ids.values()]

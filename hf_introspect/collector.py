@@ -405,32 +405,73 @@ def collect(cfg: CollectConfig, *, lm: LoadedModel | None = None, questions: Dat
     label_ids = {p: resolve_label_token_ids(lm.tokenizer, labels_for_pass(p)) for p in cfg.passes}
     n_shards = -(-len(questions) // cfg.shard_rows)
     shard_plan = {"rows_per_shard": cfg.shard_rows, "num_shards": n_shards}
-    run_config = build_run_config(cfg, lm, templates, layers, label_ids, questions, shard_plan)
-    eos = _eos_ids(lm)
-    on_gpu = next(lm.model.parameters()).device.type == "cuda"
-    micro = (cfg.shard_rows if on_gpu else 8) if cfg.batch_size == "auto" else cfg.nominal_batch_size
+    device = next(lm.model.parameters()).device
+    run = RunSetup(cfg=cfg, state=state, out=out, questions=questions, lm=lm, layers=layers, label_ids=label_ids,
+                   n_shards=n_shards, device=device,
+                   run_config=build_run_config(cfg, lm, templates, layers, label_ids, questions, shard_plan),
+                   micro_batch=(cfg.shard_rows if device.type == "cuda" else 8) if cfg.batch_size == "auto"
+                   else cfg.nominal_batch_size)
 
     progress_was_on = ds_logging.is_progress_bar_enabled()
     ds_logging.disable_progress_bar()  # our own bars, one per pass, instead of one per map call
+    t_start = time.perf_counter()
     try:
-        return _collect(cfg, state, out, questions, templates, lm, layers, label_ids, n_shards, run_config, micro, eos)
+        prompts = {p: build_prompt_dataset(questions, p, templates[p], lm.tokenizer, lm.use_chat_template,
+                                           fingerprint=f"{run.run_id}-{p}-prompts") for p in cfg.passes}
+        buffers = HostBuffers(len(layers), lm.hidden_size, cfg.act_dtype, pin=device.type == "cuda")
+        contexts = {p: PassContext(cfg, lm, p, labels_for_pass(p), label_ids[p], layers, _eos_ids(lm),
+                                   run.micro_batch, buffers) for p in cfg.passes}
+        plan = _plan_and_prepare(run, prompts, contexts)
+        if cfg.dry_run:
+            return plan
+        try:
+            _write_shards(run, prompts, contexts, t_start)
+        finally:
+            buffers.release()
     finally:
         if progress_was_on:
             ds_logging.enable_progress_bar()
+    if state.is_main_process:
+        finalize_run(out, cfg.passes)
+    state.wait_for_everyone()
+    return load_from_disk(str(out))
 
 
-def _collect(cfg, state, out, questions, templates, lm, layers, label_ids, n_shards, run_config, micro, eos):
-    run_id = run_config["run_id"]
-    t_start = time.perf_counter()
-    prompts = {p: build_prompt_dataset(questions, p, templates[p], lm.tokenizer, lm.use_chat_template,
-                                       fingerprint=f"{run_id}-{p}-prompts") for p in cfg.passes}
-    device = next(lm.model.parameters()).device
-    buffers = HostBuffers(len(layers), lm.hidden_size, cfg.act_dtype, pin=device.type == "cuda")
-    contexts = {p: PassContext(cfg, lm, p, labels_for_pass(p), label_ids[p], layers, eos, micro, buffers)
-                for p in cfg.passes}
-    plan = Plan(passes=[plan_pass(p, prompts[p]["seq_len"], prompts[p]["question_token_span"], cfg.positions, layers,
-                                  lm.hidden_size, cfg.act_dtype) for p in cfg.passes],
-                layers=layers, hidden=lm.hidden_size, act_dtype=cfg.act_dtype, free_bytes=free_bytes(out),
+@dataclass
+class RunSetup:
+    """What one collection run works with, resolved once by :func:`collect`."""
+
+    cfg: CollectConfig
+    state: object  # accelerate.PartialState
+    out: Path
+    questions: Dataset
+    lm: LoadedModel
+    layers: list[int]
+    label_ids: dict[str, dict[str, list[int]]]  # pass -> label -> token ids
+    n_shards: int
+    device: torch.device
+    run_config: dict
+    micro_batch: int
+
+    @property
+    def run_id(self) -> str:
+        return self.run_config["run_id"]
+
+    def shard_rows(self, index: int) -> tuple[int, int]:
+        return index * self.cfg.shard_rows, min((index + 1) * self.cfg.shard_rows, len(self.questions))
+
+    def my_shards(self) -> list[int]:
+        """This process's shards: shard i -> rank i % N (so a resume may use another N)."""
+        return [i for i in range(self.n_shards) if i % self.state.num_processes == self.state.process_index]
+
+
+def _plan_and_prepare(run: RunSetup, prompts: dict[str, Dataset], contexts: dict[str, PassContext]) -> Plan:
+    """Print the plan (sizes, free disk, time from a warm-up batch); unless it is a dry run, check it
+    fits and prepare the output folder (run_config.json, partial files of an interrupted run removed)."""
+    cfg, out, state = run.cfg, run.out, run.state
+    plan = Plan(passes=[plan_pass(p, prompts[p]["seq_len"], prompts[p]["question_token_span"], cfg.positions,
+                                  run.layers, run.lm.hidden_size, cfg.act_dtype) for p in cfg.passes],
+                layers=run.layers, hidden=run.lm.hidden_size, act_dtype=cfg.act_dtype, free_bytes=free_bytes(out),
                 done_bytes=existing_bytes(out, cfg.passes) if not cfg.overwrite else 0)
     first = cfg.passes[0]
     plan.seconds = _warmup_seconds(contexts[first], prompts[first], sum(pp.prompt_tokens for pp in plan.passes))
@@ -439,40 +480,40 @@ def _collect(cfg, state, out, questions, templates, lm, layers, label_ids, n_sha
     if cfg.dry_run:
         return plan
     check_fits(plan, str(out), cfg.force)
-
     if state.is_main_process:
-        resuming = prepare_output_dir(out, run_config, overwrite=cfg.overwrite, passes=cfg.passes)
+        resuming = prepare_output_dir(out, run.run_config, overwrite=cfg.overwrite, passes=cfg.passes)
         removed = clean_partial_files(out, cfg.passes)
         if resuming:
-            logger.info("resuming run %s in %s%s", run_id, out,
+            logger.info("resuming run %s in %s%s", run.run_id, out,
                         f" (removed {len(removed)} partial file(s))" if removed else "")
     state.wait_for_everyone()
+    return plan
 
+
+def _write_shards(run: RunSetup, prompts: dict[str, Dataset], contexts: dict[str, PassContext], t_start: float) -> None:
+    """Every pass's missing shards of this process: computed by the prefetch thread, in the order
+    they are written, one shard ahead of the writer(s); each pass finalised once all its shards exist."""
     from tqdm.auto import tqdm
 
+    cfg, out, state, lm = run.cfg, run.out, run.state, run.lm
     t_shards = time.perf_counter()
-
-    # This process's shards still to write, in the order map writes them; the prefetch thread
-    # computes them in that order, one shard ahead of the writer.
-    mine = {p: [i for i in range(n_shards) if i % state.num_processes == state.process_index]
-            for p in cfg.passes}
-    jobs = [ShardJob(p, i, i * cfg.shard_rows, min((i + 1) * cfg.shard_rows, len(questions)))
-            for p in cfg.passes if not split_is_final(out, p)
-            for i in mine[p] if not shard_path(out, p, i, n_shards).is_file()]
+    mine = run.my_shards()
+    jobs = [ShardJob(p, i, *run.shard_rows(i)) for p in cfg.passes if not split_is_final(out, p)
+            for i in mine if not shard_path(out, p, i, run.n_shards).is_file()]
     compute = lambda job, slot, check_stop: _compute_shard(contexts[job.pass_name], prompts[job.pass_name], job,  # noqa: E731
                                                            slot, check_stop)
-    writers = ShardWriters(_writer_count(device, cfg))
+    writers = ShardWriters(_writer_count(run.device, cfg))
     try:
-        with ShardPrefetcher(jobs, compute, device=device, slots=writers.n + 1) as prefetch:
+        with ShardPrefetcher(jobs, compute, device=run.device, slots=writers.n + 1) as prefetch:
             for pass_name in cfg.passes:
                 if split_is_final(out, pass_name):
                     continue
-                features = pass_features(pass_name, len(labels_for_pass(pass_name)), layers, lm.hidden_size,
+                features = pass_features(pass_name, len(labels_for_pass(pass_name)), run.layers, lm.hidden_size,
                                          cfg.act_dtype)
-                bar = tqdm(total=len(mine[pass_name]), desc=f"{pass_name} (shards)", unit="shard",
+                bar = tqdm(total=len(mine), desc=f"{pass_name} (shards)", unit="shard",
                            disable=not state.is_local_main_process)
-                for i in mine[pass_name]:
-                    path = shard_path(out, pass_name, i, n_shards)
+                for i in mine:
+                    path = shard_path(out, pass_name, i, run.n_shards)
                     if not path.is_file():
                         result = prefetch.take()
                         if (result.job.pass_name, result.job.index) != (pass_name, i):
@@ -480,15 +521,16 @@ def _collect(cfg, state, out, questions, templates, lm, layers, label_ids, n_sha
                             raise RuntimeError(f"inference thread out of step: it computed {result.job.pass_name} "
                                                f"shard {result.job.index}, the writer is at {pass_name} shard {i}")
                         writers.submit(_write_shard, prefetch, result, contexts[pass_name], features,
-                                       prompts[pass_name], path, f"{run_id}-{pass_name}-{i:05d}")
+                                       prompts[pass_name], path, f"{run.run_id}-{pass_name}-{i:05d}")
                     bar.update(1)
                 writers.drain()
                 bar.close()
                 state.wait_for_everyone()
                 if state.is_main_process:
                     description = (f"hf_introspect {PROMPT_TYPES[pass_name]} pass of {lm.source.model_name} "
-                                   f"({lm.checkpoint_id}); {RESIDUAL_DOC}; label token ids {label_ids[pass_name]}")
-                    finalize_split(out, pass_name, n_shards, len(questions), f"{run_id}-{pass_name}", description)
+                                   f"({lm.checkpoint_id}); {RESIDUAL_DOC}; label token ids {run.label_ids[pass_name]}")
+                    finalize_split(out, pass_name, run.n_shards, len(run.questions), f"{run.run_id}-{pass_name}",
+                                   description)
                 state.wait_for_everyone()
         if jobs:
             # Which side bounds the run: a writer that waits means inference is the bottleneck.
@@ -496,8 +538,3 @@ def _collect(cfg, state, out, questions, templates, lm, layers, label_ids, n_sha
                         prefetch.summary(), t_shards - t_start, time.perf_counter() - t_shards)
     finally:
         writers.close()
-        buffers.release()
-    if state.is_main_process:
-        finalize_run(out, cfg.passes)
-    state.wait_for_everyone()
-    return load_from_disk(str(out))

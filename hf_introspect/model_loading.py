@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from . import gguf_cache
 from .errors import UserError
 
 logger = logging.getLogger("hf_introspect")
@@ -109,7 +110,10 @@ def _load_tokenizer(src: ModelSource):
     from transformers import AutoTokenizer
 
     kwargs = {"gguf_file": src.gguf_file} if src.gguf_file else {}
-    tok = AutoTokenizer.from_pretrained(src.path_or_id, **kwargs)
+    return AutoTokenizer.from_pretrained(src.path_or_id, **kwargs)
+
+
+def _prepare_tokenizer(tok):
     # Left padding keeps every row's last real token at position -1 of the batch.
     tok.padding_side = "left"
     if tok.pad_token_id is None:
@@ -147,20 +151,30 @@ def load_model(model: str | None, *, lora_checkpoint: str | None = None, dtype: 
     kwargs = {"gguf_file": src.gguf_file} if src.gguf_file else {}
     if device_map is not None:
         kwargs["device_map"] = device_map
-    try:
-        tok = _load_tokenizer(src)
-        net = AutoModelForCausalLM.from_pretrained(src.path_or_id, dtype=torch_dtype, **kwargs)
-    except UserError:
-        raise
-    except (OSError, ValueError, EnvironmentError) as exc:
-        raise _offline_hint(exc, f"model '{src.path_or_id}'") from exc
+    fingerprint = _file_fingerprint(Path(src.path_or_id) / src.gguf_file) if src.gguf_file else None
+    # A GGUF checkpoint is converted once and kept as a transformers folder (see gguf_cache).
+    cache = gguf_cache.entry_for(fingerprint, torch_dtype) if src.gguf_file and device_map is None else None
+    loaded = gguf_cache.load(cache, torch_dtype) if cache is not None else None
+    if loaded is not None:
+        tok, net = loaded
+    else:
+        try:
+            tok = _load_tokenizer(src)
+            net = AutoModelForCausalLM.from_pretrained(src.path_or_id, dtype=torch_dtype, **kwargs)
+        except UserError:
+            raise
+        except (OSError, ValueError, EnvironmentError) as exc:
+            raise _offline_hint(exc, f"model '{src.path_or_id}'") from exc
+        if cache is not None:
+            gguf_cache.save(cache, tok, net)
+    tok = _prepare_tokenizer(tok)
     if device_map is None and device is not None:
         net.to(device)
     identity = {
         "model": src.path_or_id if src.kind == "hub" else str(Path(src.path_or_id).resolve()),
         "model_kind": src.kind,
         "gguf_file": src.gguf_file,
-        "model_fingerprint": _model_fingerprint(src, net),
+        "model_fingerprint": fingerprint or _model_fingerprint(src, net),
         "torch_dtype": str(torch_dtype).replace("torch.", ""),
     }
     checkpoint_id = "base"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,11 @@ import pytest
 # huggingface_hub reads these once, at import: set them before any test module imports it.
 for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ[_var] = "1"
+# Converted GGUF copies (hf_introspect.gguf_cache) go to a throwaway folder, never the user's cache;
+# set here so that CLI subprocesses inherit it too.
+_GGUF_CACHE = tempfile.mkdtemp(prefix="hf_introspect-test-gguf-cache-")
+os.environ["HF_INTROSPECT_CACHE"] = _GGUF_CACHE
+atexit.register(shutil.rmtree, _GGUF_CACHE, True)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

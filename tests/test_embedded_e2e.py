@@ -59,3 +59,20 @@ def test_row_matches_unbatched_forward_of_the_real_model(embedded_run):
     ids = json.loads((embedded_run / "run_config.json").read_text())["identity"]["label_token_ids"]["mcq"]
     ref_logits = [torch.logsumexp(last[ids[L]], 0).item() for L in "ABCD"]
     np.testing.assert_allclose(row["logits"], ref_logits, atol=1e-3)
+
+
+def test_the_embedded_model_loads_from_its_converted_copy(embedded_run):
+    """The run converted the GGUF file once and kept the copy; loading from it gives the same
+    identity (so runs resume across both paths) and bit-identical weights."""
+    import os
+    from pathlib import Path
+
+    from hf_introspect import gguf_cache
+
+    entries = [p for p in Path(os.environ["HF_INTROSPECT_CACHE"]).glob("gguf-*") if (p / gguf_cache.MARKER).is_file()]
+    assert len(entries) == 1
+    lm = load_model(None)  # from the copy
+    recorded = json.loads((embedded_run / "run_config.json").read_text())["identity"]["model"]
+    assert lm.identity == recorded
+    expected = json.loads((entries[0] / gguf_cache.MARKER).read_text())["weights_sha256"]
+    assert gguf_cache.weights_digest(lm.model) == expected

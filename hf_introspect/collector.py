@@ -30,7 +30,7 @@ from .errors import UserError
 from .inference import BatchOutput, PendingBatch, launch_batch, row_generator
 from .model_loading import LoadedModel, load_model
 from .pipeline import HostBuffers, ShardJob, ShardPrefetcher
-from .planning import Plan, check_fits, free_bytes, plan_pass
+from .planning import Plan, check_fits, fmt_bytes, free_bytes, host_buffer_bytes, plan_pass
 from .prompt_dataset import build_prompt_dataset
 from .prompts import PROMPT_TYPES, labels_for_pass, load_templates
 from .readout import entropy_nats, expected_confidence, logit_margin, parse_label, resolve_label_token_ids, softmax_np
@@ -473,6 +473,10 @@ def _plan_and_prepare(run: RunSetup, prompts: dict[str, Dataset], contexts: dict
                                   run.layers, run.lm.hidden_size, cfg.act_dtype) for p in cfg.passes],
                 layers=run.layers, hidden=run.lm.hidden_size, act_dtype=cfg.act_dtype, free_bytes=free_bytes(out),
                 done_bytes=existing_bytes(out, cfg.passes) if not cfg.overwrite else 0)
+    writers = _writer_count(run.device, cfg)
+    plan.notes.append(f"host memory for activation buffers: up to "
+                      f"{fmt_bytes(host_buffer_bytes(plan, cfg.shard_rows, writers + 1, run.micro_batch))} "
+                      f"({writers + 1} shards of {cfg.shard_rows} rows + 2 micro-batches; lower --save_every to shrink it)")
     first = cfg.passes[0]
     plan.seconds = _warmup_seconds(contexts[first], prompts[first], sum(pp.prompt_tokens for pp in plan.passes))
     if state.is_main_process:

@@ -153,7 +153,8 @@ def load_model(model: str | None, *, lora_checkpoint: str | None = None, dtype: 
         kwargs["device_map"] = device_map
     fingerprint = _file_fingerprint(Path(src.path_or_id) / src.gguf_file) if src.gguf_file else None
     # A GGUF checkpoint is converted once and kept as a transformers folder (see gguf_cache).
-    cache = gguf_cache.entry_for(fingerprint, torch_dtype) if src.gguf_file and device_map is None else None
+    gguf_path = Path(src.path_or_id) / src.gguf_file if src.gguf_file else None
+    cache = gguf_cache.entry_for(gguf_path, torch_dtype) if gguf_path and device_map is None else None
     loaded = gguf_cache.load(cache, torch_dtype) if cache is not None else None
     if loaded is not None:
         tok, net = loaded
@@ -166,7 +167,7 @@ def load_model(model: str | None, *, lora_checkpoint: str | None = None, dtype: 
         except (OSError, ValueError, EnvironmentError) as exc:
             raise _offline_hint(exc, f"model '{src.path_or_id}'") from exc
         if cache is not None:
-            gguf_cache.save(cache, tok, net)
+            gguf_cache.save(cache, tok, net, source=gguf_path)
     tok = _prepare_tokenizer(tok)
     if device_map is None and device is not None:
         net.to(device)

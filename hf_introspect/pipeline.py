@@ -133,36 +133,42 @@ class ShardPrefetcher:
             raise _Stopped
 
     def _run(self) -> None:
-        if self.device is not None and self.device.type == "cuda" and self.device.index is not None:
-            torch.cuda.set_device(self.device)  # the current device is per thread
-        for job in self.jobs:
-            slot = None
-            t0 = time.perf_counter()
-            while slot is None:
-                if self._stop.is_set():
-                    return
-                try:
-                    slot = self._free.get(timeout=0.1)
-                except queue.Empty:
-                    pass
-            t1 = time.perf_counter()
-            result = ShardResult(job, slot)
-            try:
+        try:
+            if self.device is not None and self.device.type == "cuda" and self.device.index is not None:
+                torch.cuda.set_device(self.device)  # the current device is per thread
+            for job in self.jobs:
+                slot = None
+                t0 = time.perf_counter()
+                while slot is None:
+                    if self._stop.is_set():
+                        return
+                    try:
+                        slot = self._free.get(timeout=0.1)
+                    except queue.Empty:
+                        pass
+                t1 = time.perf_counter()
+                result = ShardResult(job, slot)
                 result.value = self.compute(job, slot, self._check_stop)
                 self.stats["thread_waited_s"] += t1 - t0
                 self.stats["compute_s"] += time.perf_counter() - t1
                 self.stats["shards"] += 1
-            except _Stopped:
-                return
-            except BaseException as exc:  # handed to the consumer, which raises it in the main thread
-                result.error = exc
                 self._done.put(result)
-                return
-            self._done.put(result)
+        except _Stopped:
+            return
+        except BaseException as exc:  # handed to the consumer, which raises it in the main thread
+            self._done.put(ShardResult(None, -1, error=exc))
 
     def take(self) -> ShardResult:
         t0 = time.perf_counter()
-        result = self._done.get()
+        while True:
+            try:
+                result = self._done.get(timeout=0.5)
+                break
+            except queue.Empty:
+                # A thread that ended without a result (it cannot, by construction) must not hang us.
+                if self._thread is None or not self._thread.is_alive():
+                    if self._done.empty():
+                        raise RuntimeError("the inference thread stopped without computing the next shard") from None
         self.stats["writer_waited_s"] += time.perf_counter() - t0
         if result.error is not None:
             raise result.error

@@ -38,6 +38,7 @@ class PassPlan:
     stored_positions: int
     act_bytes: int
     meta_bytes: int
+    max_row_positions: int = 0  # the longest row's stored positions (sizes the host buffers)
 
     @property
     def total_bytes(self) -> int:
@@ -96,11 +97,28 @@ def fmt_seconds(s: float) -> str:
 
 def plan_pass(name: str, seq_lens: list[int], question_spans: list, positions: str, layers: list[int], hidden: int,
               act_dtype: str) -> PassPlan:
-    stored = sum(len(kept_positions(positions, n, tuple(span))) for n, span in zip(seq_lens, question_spans))
+    per_row = [len(kept_positions(positions, n, tuple(span))) for n, span in zip(seq_lens, question_spans)]
+    stored = sum(per_row)
     tokens = sum(seq_lens)
     return PassPlan(name=name, rows=len(seq_lens), prompt_tokens=tokens, stored_positions=stored,
+                    max_row_positions=max(per_row, default=0),
                     act_bytes=stored * act_bytes_per_token(len(layers), hidden, act_dtype),
                     meta_bytes=len(seq_lens) * METADATA_BYTES_PER_ROW + (tokens + stored) * METADATA_BYTES_PER_TOKEN // 2)
+
+
+def host_buffer_bytes(plan: Plan, shard_rows: int, slots: int, micro_batch: int) -> int:
+    """Upper bound of the host memory the collector's activation buffers take: ``slots`` shard
+    buffer sets (one being computed, the others being written) and two micro-batch staging buffers.
+
+    Example:
+        >>> p = Plan([PassPlan("mcq", 10, 1000, 1000, 0, 0, max_row_positions=100)], list(range(33)), 4096,
+        ...          "float16", free_bytes=0)
+        >>> fmt_bytes(host_buffer_bytes(p, shard_rows=40, slots=2, micro_batch=4))
+        '2.4 GB'
+    """
+    longest = max((pp.max_row_positions for pp in plan.passes), default=0)
+    per_token = act_bytes_per_token(len(plan.layers), plan.hidden, plan.act_dtype)
+    return longest * per_token * (slots * shard_rows + 2 * micro_batch)
 
 
 def free_bytes(path: str | Path) -> int:

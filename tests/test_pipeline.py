@@ -185,3 +185,10 @@ def test_two_writers_full_disk_keeps_whole_shards_and_resumes(tiny_model_dir, tm
     assert not list((tmp_path / "run" / "mcq").glob("tmp*"))
     monkeypatch.setattr(ArrowWriter, "write_table", real)
     _assert_same(ref, collect(cfg, questions=make_questions(12)))
+
+
+def test_take_beyond_the_jobs_raises_instead_of_hanging():
+    with ShardPrefetcher(jobs(1), lambda job, slot, stop: job.index) as pf:
+        pf.release(pf.take())
+        with pytest.raises(RuntimeError, match="stopped without computing"):
+            pf.take()

@@ -20,6 +20,8 @@ function. Then, on the same disk, in round-robin order over ``--repeats`` (media
 * ``map table, flat``  the same, with the flat per-layer buffers already filled: the collector's
                     write path (it copies each micro-batch's rows into the shard's reused buffers
                     during inference, so nothing is copied at write time).
+* ``map table, flat, 2 writers``  the same maps, two shards at a time in two threads: the
+                    collector's write path on a GPU storing more than the last position.
 * ``ArrowWriter``   ``ArrowWriter.write_table`` of that table to a fresh temp path, then
                     ``os.replace`` (as atomic as map's shard files, without map). Map creates its
                     temp file with ``NamedTemporaryFile`` and reopens it with ``"wb"``: on ext4
@@ -196,6 +198,28 @@ def m_map_table(d: Data, folder: Path, fsync: bool, prebuilt: bool = False, reus
         files_fsync(folder)
 
 
+def m_map_table_concurrent(d: Data, folder: Path, fsync: bool, writers: int = 2):
+    """The collector's write path on a GPU that stores more than the last position: the same maps,
+    ``writers`` shards at a time (collector.ShardWriters), so one writer's close-time flush overlaps
+    the next shard's write into the page cache."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ds, feats = base_dataset(d).with_format("arrow"), features_for(d)
+
+    def write(i, shard):
+        lo, hi = shard[0], shard[1]
+        ds.select(range(lo, hi)).map(lambda batch: shard_table(d, shard, batch, True), batched=True,
+                                     batch_size=hi - lo, features=feats,
+                                     cache_file_name=str(folder / f"data-{i:05d}.arrow"),
+                                     new_fingerprint=f"bench-table-conc-{i}", load_from_cache_file=False)
+
+    with ThreadPoolExecutor(writers) as pool:
+        for f in [pool.submit(write, i, shard) for i, shard in enumerate(d.shards)]:
+            f.result()
+    if fsync:
+        files_fsync(folder)
+
+
 def m_arrowwriter(d: Data, folder: Path, fsync: bool):
     from datasets.arrow_writer import ArrowWriter
 
@@ -220,6 +244,7 @@ METHODS = {
     "map table (concat rows)": lambda d, f, s: m_map_table(d, f, s, prebuilt=False),
     "map table (rows->reused buf)": lambda d, f, s: m_map_table(d, f, s, prebuilt=False, reuse=True),
     "map table, flat (collector)": lambda d, f, s: m_map_table(d, f, s, prebuilt=True),
+    "map table, flat, 2 writers (GPU)": m_map_table_concurrent,
     "ArrowWriter + os.replace": m_arrowwriter,
 }
 

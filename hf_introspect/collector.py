@@ -473,10 +473,10 @@ def _plan_and_prepare(run: RunSetup, prompts: dict[str, Dataset], contexts: dict
                                   run.layers, run.lm.hidden_size, cfg.act_dtype) for p in cfg.passes],
                 layers=run.layers, hidden=run.lm.hidden_size, act_dtype=cfg.act_dtype, free_bytes=free_bytes(out),
                 done_bytes=existing_bytes(out, cfg.passes) if not cfg.overwrite else 0)
-    writers = _writer_count(run.device, cfg)
+    writers, rows = _writer_count(run.device, cfg), min(cfg.shard_rows, len(run.questions))
     plan.notes.append(f"host memory for activation buffers: up to "
-                      f"{fmt_bytes(host_buffer_bytes(plan, cfg.shard_rows, writers + 1, run.micro_batch))} "
-                      f"({writers + 1} shards of {cfg.shard_rows} rows + 2 micro-batches; lower --save_every to shrink it)")
+                      f"{fmt_bytes(host_buffer_bytes(plan, rows, writers + 1, run.micro_batch))} "
+                      f"({writers + 1} shards of {rows} rows + 2 micro-batches; lower --save_every to shrink it)")
     first = cfg.passes[0]
     plan.seconds = _warmup_seconds(contexts[first], prompts[first], sum(pp.prompt_tokens for pp in plan.passes))
     if state.is_main_process:

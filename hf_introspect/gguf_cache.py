@@ -119,19 +119,6 @@ def weights_digest(net: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _save_weights(folder: Path, net: torch.nn.Module) -> None:
-    """config.json, generation_config.json and model.safetensors of an already dequantised model.
-    (``save_pretrained`` refuses a model loaded from GGUF; its weights are plain tensors by now.)"""
-    from safetensors.torch import save_model
-
-    config = net.config.to_dict()
-    config.pop("quantization_config", None)
-    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
-    if getattr(net, "generation_config", None) is not None:
-        net.generation_config.save_pretrained(folder)
-    save_model(net, str(folder / "model.safetensors"), metadata={"format": "pt"})  # handles tied weights
-
-
 def load(folder: Path, dtype: torch.dtype):
     """(tokenizer, model) from a complete cache folder whose weights hash as recorded, else None;
     a folder that is incomplete, unreadable or wrong is removed (the caller converts again)."""

@@ -151,7 +151,6 @@ def load_model(model: str | None, *, lora_checkpoint: str | None = None, dtype: 
     kwargs = {"gguf_file": src.gguf_file} if src.gguf_file else {}
     if device_map is not None:
         kwargs["device_map"] = device_map
-    fingerprint = _file_fingerprint(Path(src.path_or_id) / src.gguf_file) if src.gguf_file else None
     # A GGUF checkpoint is converted once and kept as a transformers folder (see gguf_cache).
     gguf_path = Path(src.path_or_id) / src.gguf_file if src.gguf_file else None
     cache = gguf_cache.entry_for(gguf_path, torch_dtype) if gguf_path and device_map is None else None
@@ -175,7 +174,7 @@ def load_model(model: str | None, *, lora_checkpoint: str | None = None, dtype: 
         "model": src.path_or_id if src.kind == "hub" else str(Path(src.path_or_id).resolve()),
         "model_kind": src.kind,
         "gguf_file": src.gguf_file,
-        "model_fingerprint": fingerprint or _model_fingerprint(src, net),
+        "model_fingerprint": _model_fingerprint(src, net),
         "torch_dtype": str(torch_dtype).replace("torch.", ""),
     }
     checkpoint_id = "base"

@@ -273,6 +273,50 @@ def test_out_of_memory_halves_the_batch_and_finishes(base_run, tiny_model_dir, t
     np.testing.assert_allclose(np.array(ds["logits"]), np.array(ref["logits"]), atol=LOGIT_ATOL)
 
 
+def test_continuations_are_decoded_together_with_the_same_result(base_run, tiny_model_dir, tmp_path, monkeypatch):
+    """A shard's micro-batches are decoded as one batch (2 x 3 rows here); the texts equal a run
+    that decodes every micro-batch on its own."""
+    from hf_introspect import collector
+
+    seen = []
+    real = collector.continue_batches
+
+    def spy(net, states, **kw):
+        seen.append([s.rows for s in states])
+        return real(net, states, **kw)
+
+    monkeypatch.setattr(collector, "continue_batches", spy)
+    merged = collect(run_cfg(tmp_path, tiny_model_dir, "merged", passes=("mcq",)), questions=make_questions())["mcq"]
+    assert seen and all(sum(g) <= 6 for g in seen) and [3, 3] in seen
+    assert merged["output_text"] == base_run[1]["mcq"]["output_text"]
+    seen.clear()
+    monkeypatch.setattr(collector, "DECODE_MAX_ROWS", {"cpu": 1})
+    alone = collect(run_cfg(tmp_path, tiny_model_dir, "alone", passes=("mcq",)), questions=make_questions())["mcq"]
+    assert not seen  # nothing deferred
+    assert alone["output_text"] == merged["output_text"]
+    assert any(t for t in alone["output_text"])
+
+
+def test_out_of_memory_in_a_merged_decode_falls_back_per_batch(base_run, tiny_model_dir, tmp_path, monkeypatch,
+                                                                caplog):
+    import logging
+
+    from hf_introspect import collector
+
+    def oom(net, states, **kw):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+
+    monkeypatch.setattr(collector, "continue_batches", oom)
+    with caplog.at_level(logging.WARNING, logger="hf_introspect"):
+        ds = collect(run_cfg(tmp_path, tiny_model_dir, passes=("mcq",)), questions=make_questions())["mcq"]
+    assert sum("merged decode" in r.getMessage() for r in caplog.records) == 1  # then merging is off
+    ref = base_run[1]["mcq"]
+    assert ds["output_text"] == ref["output_text"]
+    for col in ("logits", layer_column(2)):
+        for x, y in zip(ds.with_format("numpy", dtype=None)[col], ref.with_format("numpy", dtype=None)[col]):
+            np.testing.assert_array_equal(x, y)
+
+
 def test_single_prompt_too_big_for_memory_is_a_clear_error(tiny_model_dir, tmp_path, monkeypatch):
     from hf_introspect import collector
 

@@ -1,9 +1,11 @@
-"""One batch through the model: the continuation, EOS handling, and launching ahead."""
+"""One batch through the model: the continuation, EOS handling, launching ahead, and merged
+continuations of several batches."""
 
 import numpy as np
 import torch
 
-from hf_introspect.inference import launch_batch, run_batch
+from hf_introspect import inference
+from hf_introspect.inference import continue_batches, launch_batch, row_generator, run_batch
 from hf_introspect.testing import tiny_llama
 
 SEQS = [[5, 9, 14, 3, 22, 7], [8, 4, 31], [12, 40, 41, 6, 2]]  # different lengths: left padding
@@ -73,3 +75,57 @@ def test_launching_ahead_gives_the_same_results():
         for j in range(3):
             np.testing.assert_array_equal(ra.activations[r][j], rb.activations[2 - r][j])
     assert ra.overflow_counts.shape == (3, 3) and not ra.overflow_counts.any()
+
+
+# A second batch of other widths: merging must left-pad one batch's cache to the other's.
+MORE = [[17, 3, 9, 9, 21, 30, 2, 5, 11], [6, 6], [33, 1, 4, 28]]
+
+
+def deferred(net, seqs, **kw):
+    return launch_batch(net, seqs, **args(keep_positions=[np.arange(len(s)) for s in seqs], defer_continuation=True,
+                                          **kw))
+
+
+def test_merged_continuations_equal_generate_per_row():
+    net = model()
+    a, b = deferred(net, SEQS, max_new_tokens=5), deferred(net, MORE, max_new_tokens=5)
+    assert a.result().generated_ids == [[], [], []]  # deferred: nothing decoded yet
+    ids_a, ids_b = continue_batches(net, [a.decode, b.decode], max_new_tokens=5)
+    assert ids_a == [greedy(net, s, 5) for s in SEQS]
+    assert ids_b == [greedy(net, s, 5) for s in MORE]
+    # the prompt caches were consumed by the merge (freed layer by layer, not held twice)
+    assert a.decode.cache is None and b.decode.cache is None
+
+
+def test_merged_continuations_stop_at_eos_per_row():
+    net = model()
+    plain = [greedy(net, s, 6) for s in SEQS + MORE]
+    eos = plain[3][1]  # a row of the second batch ends after one token
+    a, b = deferred(net, SEQS, max_new_tokens=6, eos_ids={eos}), deferred(net, MORE, max_new_tokens=6, eos_ids={eos})
+    ids = sum(continue_batches(net, [a.decode, b.decode], max_new_tokens=6, eos_ids={eos}), [])
+    for got, full in zip(ids, plain):
+        assert got == (full[:full.index(eos)] if eos in full else full)
+
+
+def test_merged_sampling_equals_sampling_per_batch():
+    """Per-row generators: a row's sample does not depend on which rows it is decoded with."""
+    net = model()
+
+    def gens(seqs, tag):
+        return [row_generator(7, f"{tag}{i}", "mcq") for i in range(len(seqs))]
+
+    kw = dict(max_new_tokens=4, temperature=1.0, top_p=0.9)
+    sep = [run_batch(net, s, **args(keep_positions=[np.arange(len(x)) for x in s], generators=gens(s, t), **kw))
+           .generated_ids for s, t in ((SEQS, "a"), (MORE, "b"))]
+    a = deferred(net, SEQS, generators=gens(SEQS, "a"), **kw)
+    b = deferred(net, MORE, generators=gens(MORE, "b"), **kw)
+    merged = continue_batches(net, [a.decode, b.decode], max_new_tokens=4, temperature=1.0, top_p=0.9)
+    assert merged == sep
+
+
+def test_unmergeable_caches_are_decoded_one_batch_at_a_time(monkeypatch):
+    net = model()
+    a, b = deferred(net, SEQS, max_new_tokens=3), deferred(net, MORE, max_new_tokens=3)
+    monkeypatch.setattr(inference, "_cache_tensors", lambda cache: None)  # e.g. a sliding-window cache
+    ids_a, ids_b = continue_batches(net, [a.decode, b.decode], max_new_tokens=3)
+    assert ids_a == [greedy(net, s, 3) for s in SEQS] and ids_b == [greedy(net, s, 3) for s in MORE]

@@ -68,8 +68,8 @@ class Breakdown:
     """Timing hooks around the collector's stages (installed in the child only)."""
 
     def __init__(self):
-        self.t = {k: 0.0 for k in ("warmup", "prefill", "decode", "launch_batch", "compute_shard", "shard_table",
-                                   "arrow_write", "map", "take")}
+        self.t = {k: 0.0 for k in ("warmup", "prefill", "decode", "launch_batch", "continue_batches", "compute_shard",
+                                   "shard_table", "arrow_write", "map", "take")}
         self.n = {"prefill": 0, "decode": 0}
         self._in_warmup = False
 
@@ -125,6 +125,7 @@ class Breakdown:
 
         collector._warmup_seconds = warm
         collector.launch_batch = timed("launch_batch", collector.launch_batch)
+        collector.continue_batches = timed("continue_batches", collector.continue_batches)
         collector._compute_shard = timed("compute_shard", collector._compute_shard)
         collector._shard_table = timed("shard_table", collector._shard_table)
         pipeline.ShardPrefetcher.take = timed("take", pipeline.ShardPrefetcher.take)
@@ -154,10 +155,10 @@ class Breakdown:
         rows = {
             "[inference thread] model forward, prompt (prefill)": t["prefill"],
             "[inference thread] model forward, decode steps": t["decode"],
-            "[inference thread] rest of launch_batch (pad, gather, cast, isfinite, copies, sampling)":
-                t["launch_batch"] - fwd,
+            "[inference thread] rest of launch_batch + continue_batches":
+                t["launch_batch"] + t["continue_batches"] - fwd,
             "[inference thread] rest of the shard (results, scatter into shard buffers)":
-                t["compute_shard"] - t["launch_batch"],
+                t["compute_shard"] - t["launch_batch"] - t["continue_batches"],
             "[main thread] waiting for the inference thread": t["take"],
             "[main thread] per-row metadata (decode text, readout, lists)": t["shard_table"],
             "[main thread] Arrow encode + write (ArrowWriter)": t["arrow_write"],
@@ -369,7 +370,7 @@ def main(argv=None) -> int:
           f"{last['breakdown']['calls']['prefill']} prefill and {last['breakdown']['calls']['decode']} decode forwards):"
           + ("   hf+patch" if bdp else ""))
     for k, v in bd.items():
-        print(f"  {k:<66}{v:8.2f} s {100 * v / wall:5.1f} %" + (f"   {bdp[k]:8.2f} s" if bdp else ""))
+        print(f"  {k:<68}{v:8.2f} s {100 * v / wall:5.1f} %" + (f"   {bdp[k]:8.2f} s" if bdp else ""))
     if not args.no_reference:
         ref_last = [r for r in results if r["side"] == "ref" and r["n"] == N][-1]
         print(f"reference's {ref_last['wall_s']:.1f} s: " + ", ".join(

@@ -32,6 +32,7 @@ from .model_loading import LoadedModel, load_model
 from .pipeline import HostBuffers, ShardJob, ShardPrefetcher
 from .planning import Plan, check_fits, fmt_bytes, free_bytes, host_buffer_bytes, plan_pass
 from .prompt_dataset import build_prompt_dataset
+from .prefix import MIN_SHARED_TOKENS, SharedPrefix, common_prefix_len, compute_shared_prefix
 from .prompts import PROMPT_TYPES, labels_for_pass, load_templates
 from .readout import entropy_nats, expected_confidence, logit_margin, parse_label, resolve_label_token_ids, softmax_np
 from .schema import layer_column, pass_features
@@ -87,6 +88,16 @@ class PassContext:
     overflow_layers: set[int] = field(default_factory=set)
     decode_max_rows: int = 1  # rows decoded together (1 = each micro-batch on its own)
     decode_kv_budget: int = 0
+    prefix_ids: list[int] | None = None  # tokens every prompt of the pass starts with (None: no sharing)
+    _prefix: SharedPrefix | None = field(default=None, repr=False)
+
+    def shared_prefix(self) -> SharedPrefix | None:
+        """The pass's shared prefix, run through the model on first use (in whichever thread asks)."""
+        if self.prefix_ids and self._prefix is None:
+            self._prefix = compute_shared_prefix(self.lm.model, self.prefix_ids, self.layers)
+            if self._prefix is None:
+                self.prefix_ids = None  # the model's cache cannot be shared: whole prompts
+        return self._prefix
 
     def launch_rows(self, seqs, positions, qids, host_alloc=None, layers=None) -> PendingBatch:
         gens = [row_generator(self.cfg.seed, q, self.pass_name) for q in qids] if self.cfg.temperature > 0 else None
@@ -95,7 +106,7 @@ class PassContext:
                             act_dtype=self.cfg.act_dtype, max_new_tokens=self.cfg.max_new_tokens,
                             temperature=self.cfg.temperature, top_p=self.cfg.top_p, eos_ids=self.eos_ids,
                             generators=gens, host_alloc=host_alloc,
-                            defer_continuation=self.decode_max_rows > len(seqs))
+                            defer_continuation=self.decode_max_rows > len(seqs), prefix=self.shared_prefix())
 
     def continue_rows(self, group: list[tuple[list[int], PendingBatch, BatchOutput]], seqs, qids) -> None:
         """Decode the deferred continuations of ``group`` as one batch and fill each
@@ -370,6 +381,16 @@ def _writer_count(device: torch.device, cfg: CollectConfig) -> int:
     return 2 if device.type == "cuda" and not cfg.positions.startswith("last") else 1
 
 
+def _shared_prefix_ids(cfg: CollectConfig, prompts: Dataset) -> list[int] | None:
+    """The tokens every prompt of the pass starts with, when worth sharing. Taken over the whole
+    pass (not this process's shards), so a resumed or multi-process run shares the same prefix."""
+    if not cfg.share_prefix or len(prompts) == 0:
+        return None
+    seqs = prompts["input_ids"]
+    n = common_prefix_len(seqs)
+    return list(seqs[0][:n]) if n >= MIN_SHARED_TOKENS else None
+
+
 def _eos_ids(lm: LoadedModel) -> set[int]:
     ids = set()
     for src in (lm.tokenizer.eos_token_id, getattr(getattr(lm.model, "generation_config", None), "eos_token_id", None)):
@@ -485,7 +506,8 @@ def collect(cfg: CollectConfig, *, lm: LoadedModel | None = None, questions: Dat
         buffers = HostBuffers(len(layers), lm.hidden_size, cfg.act_dtype, pin=device.type == "cuda")
         contexts = {p: PassContext(cfg, lm, p, labels_for_pass(p), label_ids[p], layers, _eos_ids(lm),
                                    run.micro_batch, buffers, decode_max_rows=DECODE_MAX_ROWS.get(device.type, 1),
-                                   decode_kv_budget=DECODE_KV_BUDGET.get(device.type, 0)) for p in cfg.passes}
+                                   decode_kv_budget=DECODE_KV_BUDGET.get(device.type, 0),
+                                   prefix_ids=_shared_prefix_ids(cfg, prompts[p])) for p in cfg.passes}
         plan = _plan_and_prepare(run, prompts, contexts)
         if cfg.dry_run:
             return plan

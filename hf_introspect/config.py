@@ -66,8 +66,11 @@ class CollectConfig:
     overwrite: bool = False
     dry_run: bool = False
     force: bool = False
+    # Run the prompts' common opening tokens once per pass (see hf_introspect.prefix). Like the
+    # batch size, it changes values only at float-rounding level, so a run may resume either way.
+    share_prefix: bool = True
 
-    NON_IDENTITY = ("output_dir", "overwrite", "dry_run", "force")
+    NON_IDENTITY = ("output_dir", "overwrite", "dry_run", "force", "share_prefix")
 
     def __post_init__(self):
         if self.model_type not in ("base", "finetuned"):

@@ -266,7 +266,7 @@ def launch_batch(net, sequences: list[list[int]], *, pad_id: int, label_ids: dic
                  max_new_tokens: int = 0, temperature: float = 0.0, top_p: float = 1.0,
                  eos_ids: set[int] = frozenset(), generators: list[torch.Generator] | None = None,
                  host_alloc: Callable[[tuple, torch.dtype], torch.Tensor] | None = None,
-                 defer_continuation: bool = False) -> PendingBatch:
+                 defer_continuation: bool = False, prefix=None) -> PendingBatch:
     """Queue one batch: forward, gather of the stored layers x positions, readout and the
     continuation, with the results copied to host memory without waiting for them. Calling it for
     the next batch before :meth:`PendingBatch.result` of this one keeps a GPU busy while the host
@@ -279,12 +279,25 @@ def launch_batch(net, sequences: list[list[int]], *, pad_id: int, label_ids: dic
     without it every batch gets fresh memory (page faults on every call: ~1 s per GB on a small VM).
     ``defer_continuation=True`` leaves the continuation to :func:`continue_batches` (the
     returned batch keeps the prompt's KV cache in ``.decode``; its hidden states are freed).
+    ``prefix`` (a :class:`hf_introspect.prefix.SharedPrefix` every sequence starts with) skips
+    recomputing those tokens: only the rest of each row runs, on top of the prefix's cache.
     """
     device = next(net.parameters()).device
-    ids, mask, pos = left_pad(sequences, pad_id, device)
+    b = len(sequences)
+    P = prefix.length if prefix is not None else 0
+    if P and any(s[:P] != prefix.ids for s in sequences):
+        raise ValueError("launch_batch: a sequence does not start with the shared prefix's tokens")
+    # With a shared prefix only each row's own tokens go through the model, on top of the prefix's
+    # cache: mask (batch, P + T) = prefix ones + the left-padded rest; positions continue at P.
+    ids, mask, pos = left_pad([s[P:] for s in sequences] if P else sequences, pad_id, device)
+    extra = {}
+    if P:
+        mask = torch.cat([torch.ones((b, P), dtype=mask.dtype, device=device), mask], dim=1)
+        pos = pos + P
+        extra[_cache_kwarg(net)] = prefix.cache_for(b)
     with capture_pre_norm(net) as pre_norm:
         out = net(input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=True,
-                  use_cache=max_new_tokens > 0, logits_to_keep=1)
+                  use_cache=max_new_tokens > 0 or P > 0, logits_to_keep=1, **extra)
     hidden = list(out.hidden_states)  # n_layers + 1 tensors of (batch, T, hidden)
     hidden[-1] = pre_norm["x"]
     next_logits = out.logits[:, -1, :]  # (batch, vocab)
@@ -295,29 +308,45 @@ def launch_batch(net, sequences: list[list[int]], *, pad_id: int, label_ids: dic
     # and unstored positions never cross to the host. (n_stored, n_kept_total, hidden)
     width = ids.shape[1]
     counts = [len(k) for k in keep_positions]
-    rows = np.repeat(np.arange(len(sequences)), counts)
-    cols = np.concatenate([width - len(seq) + np.asarray(k, dtype=np.int64)
-                           for seq, k in zip(sequences, keep_positions)]) if rows.size else np.zeros(0, np.int64)
-    index = {device: (to_device(rows, device), to_device(cols, device))}
-    shape, dtype = (len(layers), len(rows), hidden[0].shape[-1]), ACT_DTYPES[act_dtype]
+    row_of = np.repeat(np.arange(b), counts)  # (n_kept,) the row of each kept position
+    full = np.concatenate([np.asarray(k, dtype=np.int64) for k in keep_positions]) if row_of.size else \
+        np.zeros(0, np.int64)  # (n_kept,) index in the whole prompt
+    cols = width - (np.repeat([len(s) for s in sequences], counts) - P) + (full - P)  # in this forward's output
+    from_prefix = full < P
+    shape, dtype = (len(layers), len(row_of), hidden[0].shape[-1]), ACT_DTYPES[act_dtype]
     # On a CPU the host buffer itself is the gather target (no second copy).
     on_host = device.type == "cpu" and host_alloc is not None
     kept = host_alloc(shape, dtype) if on_host else torch.empty(shape, dtype=dtype, device=device)
-    # Each layer is gathered and cast straight into its slot (no float32 stack, one pass less).
-    for j, i in enumerate(layers):
-        h = hidden[i]
-        if h.device not in index:  # device_map="auto": layers live on several GPUs
-            index[h.device] = tuple(t.to(h.device) for t in index[device])
-        kept[j].copy_(h[index[h.device]])
+    row_of_t = to_device(row_of, device)
+    if not from_prefix.any():
+        index = {device: (row_of_t, to_device(cols, device))}
+        # Each layer is gathered and cast straight into its slot (no float32 stack, one pass less).
+        for j, i in enumerate(layers):
+            h = hidden[i]
+            if h.device not in index:  # device_map="auto": layers live on several GPUs
+                index[h.device] = tuple(t.to(h.device) for t in index[device])
+            kept[j].copy_(h[index[h.device]])
+    else:  # kept positions inside the shared prefix come from the prefix's own forward
+        own = ~from_prefix
+        index = {device: tuple(to_device(a, device) for a in (row_of[own], cols[own], np.flatnonzero(own),
+                                                                full[from_prefix], np.flatnonzero(from_prefix)))}
+        for j, i in enumerate(layers):
+            h, hp = hidden[i], prefix.hidden[i]
+            if h.device not in index:
+                index[h.device] = tuple(t.to(h.device) for t in index[device])
+            rows_d, cols_d, _, src_p, _ = index[h.device]
+            _, _, dst_own, _, dst_p = index[device]
+            kept[j].index_copy_(0, dst_own, h[rows_d, cols_d].to(device=device, dtype=dtype))
+            kept[j].index_copy_(0, dst_p, hp[src_p.to(hp.device)].to(device=device, dtype=dtype))
     del hidden
     # Non-finite values after the cast (float16 overflow), per row and layer: (batch, n_stored).
     if device.type == "cpu":  # counted only when there are any: one isfinite pass + all() usually
         overflow = torch.zeros((len(sequences), len(layers)), dtype=torch.int64)
         if not bool(torch.isfinite(kept).all()):
-            overflow.index_add_(0, index[device][0], (~torch.isfinite(kept)).sum(dim=-1).T)
+            overflow.index_add_(0, row_of_t, (~torch.isfinite(kept)).sum(dim=-1).T)
     else:  # counted on the device every time: asking first would make the host wait for the GPU
         overflow = torch.zeros((len(sequences), len(layers)), dtype=torch.int64, device=device)
-        overflow = _to_host(overflow.index_add_(0, index[device][0], (~torch.isfinite(kept)).sum(dim=-1).T))
+        overflow = _to_host(overflow.index_add_(0, row_of_t, (~torch.isfinite(kept)).sum(dim=-1).T))
     stacked = kept if on_host else _to_host(kept, host_alloc(shape, dtype) if host_alloc is not None else None)
     del kept
 

@@ -1,0 +1,117 @@
+"""Shared prompt prefix: computed once, then every batch runs only its own tokens on top of it."""
+
+import numpy as np
+import pytest
+import torch
+
+from hf_introspect.inference import continue_batches, launch_batch, run_batch
+from hf_introspect.prefix import common_prefix_len, compute_shared_prefix
+from hf_introspect.testing import tiny_llama
+
+PREFIX = [1, 7, 19, 4, 33, 12, 8, 25, 3, 40]  # 10 tokens every prompt starts with
+SEQS = [PREFIX + [5, 9, 14, 3, 22, 7], PREFIX + [8], PREFIX + [12, 40, 41, 6, 2]]
+LAYERS = [0, 1, 2]
+
+
+def model():
+    return tiny_llama(vocab_size=64).eval()
+
+
+def args(seqs=SEQS, **kw):
+    base = dict(pad_id=0, label_ids={"A": [10], "B": [11, 12]}, layers=LAYERS, act_dtype="float32",
+                keep_positions=[np.arange(len(s)) for s in seqs])
+    base.update(kw)
+    return base
+
+
+def test_common_prefix_len():
+    assert common_prefix_len(SEQS) == len(PREFIX)
+    assert common_prefix_len([[1, 2, 3], [1, 2, 3]]) == 2  # each row keeps its last token
+    assert common_prefix_len([[4, 5, 6]]) == 2
+    assert common_prefix_len([[1, 2], [3, 2]]) == 0
+    assert common_prefix_len([]) == 0
+
+
+@pytest.mark.parametrize("positions", ["all", "mixed", "own_only"])
+def test_shared_prefix_equals_whole_prompts(positions):
+    net = model()
+    if positions == "all":
+        keep = [np.arange(len(s)) for s in SEQS]
+    elif positions == "mixed":  # some prefix positions, some of the row's own, out of order of sources
+        keep = [np.array([0, 4, len(PREFIX) - 1, len(s) - 1]) for s in SEQS]
+    else:  # the last position only: nothing read from the prefix's hidden states
+        keep = [np.array([len(s) - 1]) for s in SEQS]
+    prefix = compute_shared_prefix(net, PREFIX, LAYERS)
+    assert prefix.length == len(PREFIX) and prefix.hidden[2].shape == (len(PREFIX), 64)
+    shared = run_batch(net, SEQS, **args(keep_positions=keep, max_new_tokens=4, prefix=prefix))
+    whole = run_batch(net, SEQS, **args(keep_positions=keep, max_new_tokens=4))
+    np.testing.assert_allclose(shared.stacked, whole.stacked, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(shared.label_logits, whole.label_logits, rtol=0, atol=1e-5)
+    assert shared.generated_ids == whole.generated_ids
+    assert np.abs(whole.stacked).max() > 0.03  # real values, not zeros on both sides
+    for r in range(len(SEQS)):  # rows' own positions really differ, prefix positions agree
+        assert shared.activations[r][0].shape == (len(keep[r]), 64)
+
+
+def test_prefix_is_reused_by_many_batches_and_merged_decoding():
+    net = model()
+    prefix = compute_shared_prefix(net, PREFIX, LAYERS)
+    more = [PREFIX + [9, 9, 30, 2, 17, 17, 5, 1], PREFIX + [6, 6]]
+    kw = dict(max_new_tokens=5, defer_continuation=True, prefix=prefix)
+    a = launch_batch(net, SEQS, **args(**kw))
+    b = launch_batch(net, more, **args(more, **kw))
+    ids = continue_batches(net, [a.decode, b.decode], max_new_tokens=5)
+    assert ids == [run_batch(net, s, **args(s, max_new_tokens=5)).generated_ids for s in (SEQS, more)]
+    # the prefix's own cache is untouched by the batches built on it
+    again = run_batch(net, SEQS, **args(max_new_tokens=5, prefix=prefix))
+    assert again.generated_ids == ids[0]
+
+
+def test_a_sequence_without_the_prefix_is_refused():
+    net = model()
+    prefix = compute_shared_prefix(net, PREFIX, LAYERS)
+    with pytest.raises(ValueError, match="shared prefix"):
+        run_batch(net, [SEQS[0], [2] + SEQS[1][1:]], **args([SEQS[0], [2] + SEQS[1][1:]], prefix=prefix))
+
+
+def test_collect_shares_the_prefix_with_the_same_values(tiny_model_dir, tmp_path, monkeypatch):
+    from hf_introspect import collector
+    from hf_introspect.collector import collect
+    from hf_introspect.config import CollectConfig
+    from hf_introspect.schema import layer_column
+    from .test_collector import make_questions
+
+    calls = []
+    real = collector.compute_shared_prefix
+
+    def spy(net, ids, layers):
+        calls.append(len(ids))
+        return real(net, ids, layers)
+
+    monkeypatch.setattr(collector, "compute_shared_prefix", spy)
+
+    def run(name, **kw):
+        cfg = CollectConfig(output_dir=str(tmp_path / name), model=str(tiny_model_dir), batch_size=3, save_every=2,
+                            max_new_tokens=3, act_dtype="float32", **kw)
+        return collect(cfg, questions=make_questions())
+
+    shared = run("shared")
+    assert len(calls) == 3 and min(calls) >= 8  # once per pass (the warm-up batch included)
+    calls.clear()
+    whole = run("whole", share_prefix=False)
+    assert not calls
+    for p in shared:
+        a, b = shared[p].with_format("numpy", dtype=None), whole[p].with_format("numpy", dtype=None)
+        assert a["output_text"] == b["output_text"]
+        np.testing.assert_allclose(np.stack(a["logits"]), np.stack(b["logits"]), rtol=0, atol=1e-4)
+        for col in (layer_column(0), layer_column(2)):
+            for x, y in zip(a[col], b[col]):
+                np.testing.assert_allclose(x, y, rtol=0, atol=1e-4)
+    # the shared run's data equal a plain transformers forward of one whole prompt
+    from hf_introspect.model_loading import load_model
+
+    lm = load_model(str(tiny_model_dir))
+    row = shared["self_conf"].with_format("numpy", dtype=None)[4]
+    with torch.no_grad():
+        out = lm.model(torch.from_numpy(np.asarray(row["input_ids"], dtype=np.int64))[None], output_hidden_states=True)
+    np.testing.assert_allclose(row[layer_column(1)], out.hidden_states[1][0].numpy(), rtol=0, atol=1e-4)

@@ -67,9 +67,17 @@ def _is_oom(exc: BaseException) -> bool:
 # takes 92 ms for 4 rows, 148 for 16, 226 for 32, 398 for 64 (memory-bound: every weight is read
 # once per step), so 4 merged micro-batches cost 2.5x less than 4 separate ones. On a GPU a step
 # is bound by kernel launches whatever the rows, so merging saves more; the KV budget keeps the
-# deferred caches small next to the model.
+# deferred caches small next to the model (on a GPU also at most a tenth of its memory: a merged
+# decode step briefly holds the cache twice).
 DECODE_MAX_ROWS = {"cpu": 32, "cuda": 256}
 DECODE_KV_BUDGET = {"cpu": 512 * 2**20, "cuda": 4 * 2**30}
+
+
+def _decode_kv_budget(device: torch.device) -> int:
+    budget = DECODE_KV_BUDGET.get(device.type, 0)
+    if device.type == "cuda":
+        budget = min(budget, torch.cuda.get_device_properties(device).total_memory // 10)
+    return budget
 
 
 @dataclass
@@ -452,8 +460,9 @@ def _load_question_set(cfg: CollectConfig, questions: Dataset | None) -> Dataset
 
 def _warmup_seconds(ctx: PassContext, prompts: Dataset, total_tokens: int) -> float:
     """Estimated inference time: one micro-batch of the longest prompts, timed and extrapolated by
-    token count. An upper bound (it also pays one-off start-up costs), and it proves early that
-    the largest batch fits in memory."""
+    the count of tokens run (``total_tokens``: shared prefixes counted once). An upper bound (it
+    also pays one-off start-up costs, the pass's prefix forward among them), and it proves early
+    that the largest batch fits in memory."""
     lengths = prompts["seq_len"]
     longest = sorted(range(len(lengths)), key=lambda r: -lengths[r])[:ctx.micro_batch]
     rows = prompts.select(longest)
@@ -462,7 +471,7 @@ def _warmup_seconds(ctx: PassContext, prompts: Dataset, total_tokens: int) -> fl
     t0 = time.perf_counter()
     _run_with_backoff(ctx, list(range(len(seqs))), seqs, positions, rows["question_id"])
     elapsed = time.perf_counter() - t0
-    return elapsed * total_tokens / max(1, sum(len(s) for s in seqs))
+    return elapsed * total_tokens / max(1, sum(len(s) - len(ctx.prefix_ids or ()) for s in seqs))
 
 
 def collect(cfg: CollectConfig, *, lm: LoadedModel | None = None, questions: Dataset | None = None) -> DatasetDict | Plan:
@@ -506,7 +515,7 @@ def collect(cfg: CollectConfig, *, lm: LoadedModel | None = None, questions: Dat
         buffers = HostBuffers(len(layers), lm.hidden_size, cfg.act_dtype, pin=device.type == "cuda")
         contexts = {p: PassContext(cfg, lm, p, labels_for_pass(p), label_ids[p], layers, _eos_ids(lm),
                                    run.micro_batch, buffers, decode_max_rows=DECODE_MAX_ROWS.get(device.type, 1),
-                                   decode_kv_budget=DECODE_KV_BUDGET.get(device.type, 0),
+                                   decode_kv_budget=_decode_kv_budget(device),
                                    prefix_ids=_shared_prefix_ids(cfg, prompts[p])) for p in cfg.passes}
         plan = _plan_and_prepare(run, prompts, contexts)
         if cfg.dry_run:
@@ -564,8 +573,14 @@ def _plan_and_prepare(run: RunSetup, prompts: dict[str, Dataset], contexts: dict
     plan.notes.append(f"host memory for activation buffers: up to "
                       f"{fmt_bytes(host_buffer_bytes(plan, rows, writers + 1, run.micro_batch))} "
                       f"({writers + 1} shards of {rows} rows + 2 micro-batches; lower --save_every to shrink it)")
+    shared = {p: len(contexts[p].prefix_ids or ()) for p in cfg.passes}
+    if any(shared.values()):
+        plan.notes.append("shared prompt prefix, run once per pass: " + ", ".join(
+            f"{p} {n} tokens ({n * len(prompts[p]) / max(1, pp.prompt_tokens):.0%} of its prompt tokens)"
+            for (p, n), pp in zip(shared.items(), plan.passes)) + "; --no_share_prefix turns it off")
+    run_tokens = sum(pp.prompt_tokens - shared[p] * len(prompts[p]) for p, pp in zip(cfg.passes, plan.passes))
     first = cfg.passes[0]
-    plan.seconds = _warmup_seconds(contexts[first], prompts[first], sum(pp.prompt_tokens for pp in plan.passes))
+    plan.seconds = _warmup_seconds(contexts[first], prompts[first], run_tokens)
     if state.is_main_process:
         print(str(plan), file=sys.stderr)
     if cfg.dry_run:

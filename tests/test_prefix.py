@@ -115,3 +115,22 @@ def test_collect_shares_the_prefix_with_the_same_values(tiny_model_dir, tmp_path
     with torch.no_grad():
         out = lm.model(torch.from_numpy(np.asarray(row["input_ids"], dtype=np.int64))[None], output_hidden_states=True)
     np.testing.assert_allclose(row[layer_column(1)], out.hidden_states[1][0].numpy(), rtol=0, atol=1e-4)
+
+
+def test_plan_states_the_shared_prefix_and_the_flag_turns_it_off(tiny_model_dir, tmp_path):
+    import argparse
+
+    from hf_introspect.collector import collect
+    from hf_introspect.commands.collect import add_arguments, config_from_args
+
+    from .test_collector import make_questions
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    argv = ["--output_dir", str(tmp_path / "p"), "--model", str(tiny_model_dir), "--dry_run", "--passes", "mcq"]
+    plan = collect(config_from_args(parser.parse_args(argv)), questions=make_questions())
+    note = [n for n in plan.notes if n.startswith("shared prompt prefix")]
+    assert len(note) == 1 and "mcq " in note[0] and "% of its prompt tokens" in note[0]
+    off = config_from_args(parser.parse_args(argv + ["--no_share_prefix"]))
+    assert off.share_prefix is False
+    assert not [n for n in collect(off, questions=make_questions()).notes if n.startswith("shared prompt prefix")]

@@ -126,23 +126,26 @@ class PassContext:
         states = [pending.decode for _, pending, _ in group]
         for _, pending, _ in group:
             pending.decode = None
+        ids = None
         try:
             ids = continue_batches(self.lm.model, states, max_new_tokens=self.cfg.max_new_tokens,
                                    temperature=self.cfg.temperature, top_p=self.cfg.top_p, eos_ids=self.eos_ids)
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             if not _is_oom(exc):
                 raise
+        if ids is None:  # recovered outside the except block, whose traceback holds the failed decode's cache
             del states
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+            rows = [r for chunk, _, _ in group for r in chunk]
             self.decode_max_rows = 1
-            logger.warning("out of memory in a merged decode of %d rows: continuations now decoded per batch",
-                           sum(len(c) for c, _, _ in group))
-            ids = [self.launch_rows([seqs[r] for r in chunk], [np.zeros(0, np.int64)] * len(chunk),
-                                    [qids[r] for r in chunk], layers=[]).result().generated_ids
-                   for chunk, _, _ in group]
-        for (_, _, out), rows in zip(group, ids):
-            out.generated_ids = rows
+            logger.warning("out of memory decoding %d rows together: continuations are now decoded per micro-batch "
+                           "(those rows' prompts run again, without storing anything)", len(rows))
+            # The activations are stored already: gather none. OOM here halves the micro-batch as usual.
+            redo = _run_with_backoff(self, rows, seqs, {r: np.zeros(0, np.int64) for r in rows}, qids)
+            ids = [[redo[r][0].generated_ids[redo[r][1]] for r in chunk] for chunk, _, _ in group]
+        for (_, _, out), rows_ids in zip(group, ids):
+            out.generated_ids = rows_ids
 
 
 def _run_with_backoff(ctx: PassContext, rows: list[int], seqs, positions, qids,
@@ -191,25 +194,28 @@ def _run_with_backoff(ctx: PassContext, rows: list[int], seqs, positions, qids,
         check_stop()
         chunk = rows[i:i + ctx.micro_batch]
         staging = (lambda shape, dtype, w=launched % 2: ctx.buffers.staging(shape, dtype, w)) if sink is not None else None
+        oom = False
         try:
             pending = ctx.launch_rows([seqs[r] for r in chunk], [positions[r] for r in chunk],
                                       [qids[r] for r in chunk], host_alloc=staging)
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             if not _is_oom(exc):
                 raise
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            if ctx.micro_batch == 1 and not group and in_flight is None:
+                raise UserError(f"one prompt of {len(seqs[chunk[0]])} tokens does not fit in memory; store fewer "
+                                "--layers or --positions, use --dtype bfloat16, or spread the model with --device_map auto") from exc
+            oom = True
+        if oom:  # handled after the except block, whose traceback holds the failed forward's tensors
             if group or in_flight is not None:  # free the held caches first, then retry the same size
                 if in_flight is not None:
                     finish(*in_flight)
                     in_flight = None
                 decode_group()
-                continue
-            if ctx.micro_batch == 1:
-                raise UserError(f"one prompt of {len(seqs[chunk[0]])} tokens does not fit in memory; store fewer "
-                                "--layers or --positions, use --dtype bfloat16, or spread the model with --device_map auto") from exc
-            ctx.micro_batch = max(1, ctx.micro_batch // 2)
-            logger.warning("out of memory: batch size lowered to %d and retried", ctx.micro_batch)
+            else:
+                ctx.micro_batch = max(1, ctx.micro_batch // 2)
+                logger.warning("out of memory: batch size lowered to %d and retried", ctx.micro_batch)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
             continue
         if in_flight is not None:
             finish(*in_flight)
@@ -391,14 +397,31 @@ def _writer_count(device: torch.device, cfg: CollectConfig) -> int:
     return 2 if device.type == "cuda" and not cfg.positions.startswith("last") else 1
 
 
+PREFIX_SCAN_ROWS = 4096  # prompts read per block when looking for the shared prefix
+
+
 def _shared_prefix_ids(cfg: CollectConfig, prompts: Dataset) -> list[int] | None:
     """The tokens every prompt of the pass starts with, when worth sharing. Taken over the whole
-    pass (not this process's shards), so a resumed or multi-process run shares the same prefix."""
+    pass (not this process's shards), so a resumed or multi-process run shares the same prefix.
+    Read from Arrow in blocks (no Python lists of every prompt's tokens)."""
     if not cfg.share_prefix or len(prompts) == 0:
         return None
-    seqs = prompts["input_ids"]
-    n = common_prefix_len(seqs)
-    return list(seqs[0][:n]) if n >= MIN_SHARED_TOKENS else None
+    table = prompts.with_format("arrow")
+    first = np.asarray(table[:1].column("input_ids").combine_chunks().values)  # (len_0,)
+    n = len(first) - 1  # every prompt keeps at least its last token
+    for lo in range(0, len(prompts), PREFIX_SCAN_ROWS):
+        col = table[lo:lo + PREFIX_SCAN_ROWS].column("input_ids").combine_chunks()  # list<int>
+        starts = np.asarray(col.offsets)[:-1]
+        lengths = np.diff(np.asarray(col.offsets))
+        n = min(n, int(lengths.min()) - 1)
+        if n < MIN_SHARED_TOKENS:
+            return None
+        values = np.asarray(col.values)
+        head = values[starts[:, None] + np.arange(n)]  # (rows, n) each prompt's first n tokens
+        differ = head != first[:n]
+        if differ.any():
+            n = int(differ.argmax(axis=1)[differ.any(axis=1)].min())
+    return first[:n].tolist() if n >= MIN_SHARED_TOKENS else None
 
 
 def _eos_ids(lm: LoadedModel) -> set[int]:
@@ -575,6 +598,8 @@ def _plan_and_prepare(run: RunSetup, prompts: dict[str, Dataset], contexts: dict
     plan.notes.append(f"host memory for activation buffers: up to "
                       f"{fmt_bytes(host_buffer_bytes(plan, rows, writers + 1, run.micro_batch))} "
                       f"({writers + 1} shards of {rows} rows + 2 micro-batches; lower --save_every to shrink it)")
+    for p in cfg.passes:  # run each pass's prefix now: a model whose cache cannot be shared says so here
+        contexts[p].shared_prefix()
     shared = {p: len(contexts[p].prefix_ids or ()) for p in cfg.passes}
     if any(shared.values()):
         plan.notes.append("shared prompt prefix, run once per pass: " + ", ".join(

@@ -56,6 +56,10 @@ class CollectConfig:
     # --- batching and sharding ---
     batch_size: int | str = 4  # int, or "auto" (largest that fits, backs off on OOM)
     save_every: int = 10  # batches per shard; a shard is the unit of atomic writes and resume
+    # Run the prompts' common opening tokens once per pass (see hf_introspect.prefix). It changes
+    # values at float-rounding level only, but it is part of the identity (as the batch size is):
+    # a resumed run equals an uninterrupted one bit for bit.
+    share_prefix: bool = True
 
     # --- storage controls ---
     layers: str = "all"  # all | "0,8,16-20" | "::4"
@@ -66,11 +70,8 @@ class CollectConfig:
     overwrite: bool = False
     dry_run: bool = False
     force: bool = False
-    # Run the prompts' common opening tokens once per pass (see hf_introspect.prefix). Like the
-    # batch size, it changes values only at float-rounding level, so a run may resume either way.
-    share_prefix: bool = True
 
-    NON_IDENTITY = ("output_dir", "overwrite", "dry_run", "force", "share_prefix")
+    NON_IDENTITY = ("output_dir", "overwrite", "dry_run", "force")
 
     def __post_init__(self):
         if self.model_type not in ("base", "finetuned"):

@@ -173,6 +173,8 @@ def merge_decode_states(states: list[DecodeState]) -> DecodeState | None:
     per_state = [_cache_tensors(s.cache) for s in states]
     if any(kv is None for kv in per_state) or len({len(kv) for kv in per_state}) != 1:
         return None
+    n_layers = len(per_state[0])
+    del per_state  # no references to the sources beyond the caches: each layer is freed once merged
     width = max(s.mask.shape[1] for s in states)
 
     def left(t: torch.Tensor, dim: int) -> torch.Tensor:  # zero-pad dimension `dim` on the left to `width`
@@ -180,12 +182,13 @@ def merge_decode_states(states: list[DecodeState]) -> DecodeState | None:
         return torch.nn.functional.pad(t, pad)
 
     merged = DynamicCache()
-    for i in range(len(per_state[0])):
-        keys = torch.cat([left(kv[i][0], 2) for kv in per_state])  # (rows, kv_heads, width, head_dim)
-        values = torch.cat([left(kv[i][1], 2) for kv in per_state])
+    for i in range(n_layers):
+        keys = torch.cat([left(s.cache.layers[i].keys, 2) for s in states])  # (rows, kv_heads, width, head_dim)
+        values = torch.cat([left(s.cache.layers[i].values, 2) for s in states])
         for s in states:  # free the sources layer by layer
             s.cache.layers[i].keys = s.cache.layers[i].values = None
         merged.update(keys, values, i)
+        del keys, values
     mask = torch.cat([left(s.mask, 1) for s in states])  # (rows, width)
     logits = torch.cat([s.next_logits for s in states])
     gens = [g for s in states for g in s.generators]
@@ -353,7 +356,7 @@ def launch_batch(net, sequences: list[list[int]], *, pad_id: int, label_ids: dic
     tokens = decode = None
     if max_new_tokens > 0:
         gens = generators or [torch.Generator() for _ in sequences]
-        if defer_continuation:
+        if defer_continuation and _cache_tensors(_cache_of(out)) is not None:  # else no merge: decode now
             decode = DecodeState(_cache_of(out), next_logits, mask, gens)
         else:
             tokens = _to_host(_continue(net, _cache_of(out), next_logits, mask, max_new_tokens, temperature, top_p,

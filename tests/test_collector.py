@@ -297,24 +297,66 @@ def test_continuations_are_decoded_together_with_the_same_result(base_run, tiny_
     assert any(t for t in alone["output_text"])
 
 
-def test_out_of_memory_in_a_merged_decode_falls_back_per_batch(base_run, tiny_model_dir, tmp_path, monkeypatch,
-                                                                caplog):
+def raise_oom_in_decode_steps(net, min_rows: int = 2):
+    """A real OutOfMemoryError from the model's forward in every decode step of >= min_rows rows."""
+    def pre(_module, args, kwargs):
+        ids = kwargs.get("input_ids")
+        if ids is not None and ids.shape[1] == 1 and ids.shape[0] >= min_rows:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+    return net.register_forward_pre_hook(pre, with_kwargs=True)
+
+
+def test_out_of_memory_in_a_merged_decode_reruns_the_rows_with_their_own_texts(tmp_path, caplog):
+    """The merged decode fails; the rows run again per micro-batch, which fails too and halves the
+    batch: every row still gets exactly its own continuation (rows whose texts all differ)."""
+    import logging
+    from types import SimpleNamespace
+
+    from hf_introspect.collector import PassContext, _run_with_backoff
+
+    from .test_inference import MORE, SEQS, greedy, sharp_model
+
+    net = sharp_model()
+    seqs = SEQS + MORE + [[3, 3, 9, 14], [20, 21, 22, 23, 24]]
+    expected = [greedy(net, s, 4) for s in seqs]
+    assert len({tuple(e) for e in expected}) == len(seqs)  # a row mix-up cannot go unnoticed
+    cfg = CollectConfig(output_dir=str(tmp_path / "unused"), max_new_tokens=4)
+    lm = SimpleNamespace(model=net, tokenizer=SimpleNamespace(pad_token_id=0))
+    ctx = PassContext(cfg, lm, "mcq", ("A", "B"), {"A": [10], "B": [11]}, [0, 2], set(), micro_batch=3,
+                      buffers=None, decode_max_rows=32, decode_kv_budget=2**30)
+    handle = raise_oom_in_decode_steps(net)
+    try:
+        with caplog.at_level(logging.WARNING, logger="hf_introspect"):
+            results = _run_with_backoff(ctx, list(range(len(seqs))), seqs, [np.arange(len(s)) for s in seqs],
+                                        [f"q{i}" for i in range(len(seqs))])
+    finally:
+        handle.remove()
+    assert [results[r][0].generated_ids[results[r][1]] for r in range(len(seqs))] == expected
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("decoding 8 rows together" in m for m in messages) == 1
+    assert any(m.endswith("lowered to 1 and retried") for m in messages)
+    assert ctx.decode_max_rows == 1 and ctx.micro_batch == 1
+
+
+def test_out_of_memory_in_a_merged_decode_keeps_the_run_whole(base_run, tiny_model_dir, tmp_path, caplog):
     import logging
 
-    from hf_introspect import collector
+    from hf_introspect.model_loading import load_model
 
-    def oom(net, states, **kw):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
-
-    monkeypatch.setattr(collector, "continue_batches", oom)
-    with caplog.at_level(logging.WARNING, logger="hf_introspect"):
-        ds = collect(run_cfg(tmp_path, tiny_model_dir, passes=("mcq",)), questions=make_questions())["mcq"]
-    assert sum("merged decode" in r.getMessage() for r in caplog.records) == 1  # then merging is off
+    lm = load_model(str(tiny_model_dir))
+    handle = raise_oom_in_decode_steps(lm.model)
+    try:
+        with caplog.at_level(logging.WARNING, logger="hf_introspect"):
+            ds = collect(run_cfg(tmp_path, tiny_model_dir, passes=("mcq",)), lm=lm, questions=make_questions())["mcq"]
+    finally:
+        handle.remove()
+    assert any("rows together" in r.getMessage() for r in caplog.records)
     ref = base_run[1]["mcq"]
-    assert ds["output_text"] == ref["output_text"]
-    for col in ("logits", layer_column(2)):
-        for x, y in zip(ds.with_format("numpy", dtype=None)[col], ref.with_format("numpy", dtype=None)[col]):
-            np.testing.assert_array_equal(x, y)
+    assert ds["question_id"] == ref["question_id"] and ds["output_text"] == ref["output_text"]
+    np.testing.assert_allclose(np.array(ds["logits"]), np.array(ref["logits"]), atol=LOGIT_ATOL)
+    for x, y in zip(ds.with_format("numpy", dtype=None)[layer_column(2)],
+                    ref.with_format("numpy", dtype=None)[layer_column(2)]):
+        np.testing.assert_allclose(x.astype(np.float32), y.astype(np.float32), atol=2e-3)
 
 
 def test_single_prompt_too_big_for_memory_is_a_clear_error(tiny_model_dir, tmp_path, monkeypatch):

@@ -15,6 +15,17 @@ def model():
     return tiny_llama(vocab_size=64).eval()
 
 
+def sharp_model():
+    """Attention weights x10: with the default tiny init the next token hardly depends on attention,
+    so a wrong position id or a wrongly merged cache would not change a greedy token."""
+    net = model()
+    with torch.no_grad():
+        for layer in net.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj):
+                proj.weight.mul_(10)
+    return net
+
+
 def args(**kw):
     base = dict(pad_id=0, label_ids={"A": [10], "B": [11]}, layers=[0, 1, 2],
                 keep_positions=[np.arange(len(s)) for s in SEQS])
@@ -87,7 +98,7 @@ def deferred(net, seqs, **kw):
 
 
 def test_merged_continuations_equal_generate_per_row():
-    net = model()
+    net = sharp_model()
     a, b = deferred(net, SEQS, max_new_tokens=5), deferred(net, MORE, max_new_tokens=5)
     assert a.result().generated_ids == [[], [], []]  # deferred: nothing decoded yet
     ids_a, ids_b = continue_batches(net, [a.decode, b.decode], max_new_tokens=5)
@@ -98,7 +109,7 @@ def test_merged_continuations_equal_generate_per_row():
 
 
 def test_merged_continuations_stop_at_eos_per_row():
-    net = model()
+    net = sharp_model()
     plain = [greedy(net, s, 6) for s in SEQS + MORE]
     eos = plain[3][1]  # a row of the second batch ends after one token
     a, b = deferred(net, SEQS, max_new_tokens=6, eos_ids={eos}), deferred(net, MORE, max_new_tokens=6, eos_ids={eos})
@@ -109,7 +120,7 @@ def test_merged_continuations_stop_at_eos_per_row():
 
 def test_merged_sampling_equals_sampling_per_batch():
     """Per-row generators: a row's sample does not depend on which rows it is decoded with."""
-    net = model()
+    net = sharp_model()
 
     def gens(seqs, tag):
         return [row_generator(7, f"{tag}{i}", "mcq") for i in range(len(seqs))]
@@ -124,8 +135,34 @@ def test_merged_sampling_equals_sampling_per_batch():
 
 
 def test_unmergeable_caches_are_decoded_one_batch_at_a_time(monkeypatch):
-    net = model()
+    net = sharp_model()
     a, b = deferred(net, SEQS, max_new_tokens=3), deferred(net, MORE, max_new_tokens=3)
     monkeypatch.setattr(inference, "_cache_tensors", lambda cache: None)  # e.g. a sliding-window cache
     ids_a, ids_b = continue_batches(net, [a.decode, b.decode], max_new_tokens=3)
     assert ids_a == [greedy(net, s, 3) for s in SEQS] and ids_b == [greedy(net, s, 3) for s in MORE]
+    # such a batch is not deferred at all: holding its cache would gain nothing
+    c = deferred(net, SEQS, max_new_tokens=3)
+    assert c.decode is None and c.result().generated_ids == ids_a
+
+
+def test_merging_frees_each_source_layer_as_it_goes(monkeypatch):
+    """The peak of a merge is the merged cache plus about one layer, not the group's caches twice."""
+    import weakref
+
+    from transformers.cache_utils import DynamicCache
+
+    net = sharp_model()
+    a, b = deferred(net, SEQS, max_new_tokens=3), deferred(net, MORE, max_new_tokens=3)
+    sources = [[weakref.ref(layer.keys) for layer in s.decode.cache.layers] for s in (a, b)]
+    alive_at = []
+    real_update = DynamicCache.update
+
+    def update(self, keys, values, layer_idx, *args, **kw):
+        # when merged layer i is stored, the sources of layers < i must be gone
+        alive_at.append(sum(ref() is not None for per in sources for ref in per[:layer_idx]))
+        return real_update(self, keys, values, layer_idx, *args, **kw)
+
+    monkeypatch.setattr(DynamicCache, "update", update)
+    inference.merge_decode_states([a.decode, b.decode])
+    assert len(alive_at) == 2 and alive_at == [0, 0]
+    assert all(ref() is None for per in sources for ref in per)

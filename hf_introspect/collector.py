@@ -407,16 +407,16 @@ def _shared_prefix_ids(cfg: CollectConfig, prompts: Dataset) -> list[int] | None
     if not cfg.share_prefix or len(prompts) == 0:
         return None
     table = prompts.with_format("arrow")
-    first = np.asarray(table[:1].column("input_ids").combine_chunks().values)  # (len_0,)
+    first = np.asarray(table[:1].column("input_ids")[0].values)  # (len_0,) the first prompt's tokens
     n = len(first) - 1  # every prompt keeps at least its last token
     for lo in range(0, len(prompts), PREFIX_SCAN_ROWS):
         col = table[lo:lo + PREFIX_SCAN_ROWS].column("input_ids").combine_chunks()  # list<int>
-        starts = np.asarray(col.offsets)[:-1]
-        lengths = np.diff(np.asarray(col.offsets))
-        n = min(n, int(lengths.min()) - 1)
+        offsets = np.asarray(col.offsets)  # (rows + 1,) into the (possibly sliced) child array
+        values = np.asarray(col.flatten())  # this block's tokens only, from offsets[0]
+        starts = offsets[:-1] - offsets[0]
+        n = min(n, int(np.diff(offsets).min()) - 1)
         if n < MIN_SHARED_TOKENS:
             return None
-        values = np.asarray(col.values)
         head = values[starts[:, None] + np.arange(n)]  # (rows, n) each prompt's first n tokens
         differ = head != first[:n]
         if differ.any():

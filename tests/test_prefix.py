@@ -155,6 +155,10 @@ def test_shared_prefix_ids_scan_in_blocks_equals_the_plain_definition(tiny_model
     for rows in (3, 4096):  # several blocks, one block
         monkeypatch.setattr(collector, "PREFIX_SCAN_ROWS", rows)
         assert collector._shared_prefix_ids(cfg, prompts) == expected
+        # an indices mapping (select) and a slice not starting at row 0 read the right tokens
+        for view in (prompts.select(range(len(prompts) - 1, -1, -1)), prompts.select(range(5, len(prompts)))):
+            ids = view["input_ids"]
+            assert collector._shared_prefix_ids(cfg, view) == ids[0][:common_prefix_len(ids)]
     # one prompt that differs early ends the sharing
     odd = prompts.map(lambda r, i: {"input_ids": r["input_ids"][:3] + [5] + r["input_ids"][4:]} if i == 7 else {},
                       with_indices=True)

@@ -10,6 +10,8 @@ here is prompts/s. Measures, in this order:
                        of ``--batch_size``, nothing copied off the GPU
   hf last, mnt 0       ``collect(positions="last", max_new_tokens=0)``      target >= 0.9x forward
   hf last, mnt 10      ``collect(positions="last")`` (default max_new_tokens=10), reported
+  ... unmerged         the same with every micro-batch's continuation decoded on its own (A/B of
+                       merged decoding; stage ``last1dec``)
   disk ceiling         ``np.save`` of as many bytes as the all-positions run writes, to the same
                        folder, page cache flushed before (``os.sync``, untimed) -> bytes/s and
                        the questions/s that allows (bytes per question = seq_len x 33 x 4096 x 2)
@@ -328,8 +330,9 @@ def main(argv=None) -> int:
     ap.add_argument("--all_save_every", type=int, default=2,
                     help="batches per shard, all-position runs (2 x 16 = 32 rows = 1.7 GB: the first shard's "
                          "inference, which nothing overlaps, stays short next to the run)")
-    ap.add_argument("--stages", default="syncs,forward,last,disk,all,all1,reference",
-                    help="comma-separated subset to run (all1: all positions with one shard writer, for A/B)")
+    ap.add_argument("--stages", default="syncs,forward,last,last1dec,disk,all,all1,reference",
+                    help="comma-separated subset to run (all1: all positions with one shard writer; last1dec: "
+                         "last positions, max_new_tokens 10, each micro-batch decoded on its own; both for A/B)")
     ap.add_argument("--out_dir", default=None, help="folder on the output disk (default: a temp dir)")
     ap.add_argument("--wheels", default=None, help="wheel folder for datasets & co (default: .whl/ or wheels/)")
     ap.add_argument("--json", default=None, help="results file (default: $OUT/gpu_bench.json when $OUT is set)")
@@ -432,6 +435,21 @@ def main(argv=None) -> int:
                     r["ratio_vs_forward"] = r["qps"] / res["forward_ceiling_qps"]
                     res[f"hf_last_mnt{mnt}"] = r
                     show(f"hf last, mnt {mnt}", r, f"{r['ratio_vs_forward']:.2f}x forward ceiling")
+        if "last1dec" in stages:  # A/B of merged decoding: each micro-batch decodes on its own
+            n = args.mnt10_questions or args.last_questions
+            with stage("hf_last_mnt10_unmerged"):
+                real = dict(collector.DECODE_MAX_ROWS)
+                collector.DECODE_MAX_ROWS.clear()  # .get(device, 1): no deferral
+                try:
+                    r = run_collect(lm, qs_all.select(range(n)), out_root / "run", positions="last", max_new_tokens=10,
+                                    batch=B, save_every=args.save_every)
+                finally:
+                    collector.DECODE_MAX_ROWS.update(real)
+                r["ratio_vs_forward"] = r["qps"] / res["forward_ceiling_qps"]
+                res["hf_last_mnt10_unmerged"] = r
+                merged = res.get("hf_last_mnt10", {}).get("qps")
+                show("hf last, mnt 10, unmerged", r, f"{r['ratio_vs_forward']:.2f}x forward ceiling"
+                     + (f"; merged decoding is {merged / r['qps']:.2f}x this" if merged else ""))
         if "disk" in stages or "all" in stages:
             with stage("disk"):
                 nbytes = args.all_questions * per_q

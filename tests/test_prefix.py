@@ -191,3 +191,24 @@ def test_resuming_with_the_other_prefix_setting_is_refused(tiny_model_dir, tmp_p
     collect(CollectConfig(**kw), questions=make_questions(3))
     with pytest.raises(UserError, match="share_prefix"):
         collect(CollectConfig(**kw, share_prefix=False), questions=make_questions(3))
+
+
+def test_a_lora_model_shares_the_prefix_with_the_same_values(tiny_model_dir, tiny_lora_dir, tmp_path):
+    """The PEFT wrapper passes the prefix cache through: shared == whole prompts for an adapter too."""
+    from hf_introspect.collector import collect
+    from hf_introspect.config import CollectConfig
+    from hf_introspect.schema import layer_column
+
+    from .test_collector import make_questions
+
+    def run(name, share):
+        cfg = CollectConfig(output_dir=str(tmp_path / name), model=str(tiny_model_dir), model_type="finetuned",
+                            lora_checkpoint=str(tiny_lora_dir), passes=("self_conf",), batch_size=3, save_every=2,
+                            max_new_tokens=3, act_dtype="float32", share_prefix=share)
+        return collect(cfg, questions=make_questions())["self_conf"].with_format("numpy", dtype=None)
+
+    a, b = run("shared", True), run("whole", False)
+    assert a["output_text"] == b["output_text"]
+    np.testing.assert_allclose(np.stack(a["logits"]), np.stack(b["logits"]), rtol=0, atol=1e-4)
+    for x, y in zip(a[layer_column(2)], b[layer_column(2)]):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)

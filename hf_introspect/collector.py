@@ -598,6 +598,11 @@ def _plan_and_prepare(run: RunSetup, prompts: dict[str, Dataset], contexts: dict
     plan.notes.append(f"host memory for activation buffers: up to "
                       f"{fmt_bytes(host_buffer_bytes(plan, rows, writers + 1, run.micro_batch))} "
                       f"({writers + 1} shards of {rows} rows + 2 micro-batches; lower --save_every to shrink it)")
+    ctx = contexts[cfg.passes[0]]
+    if cfg.max_new_tokens > 0 and ctx.decode_max_rows > run.micro_batch:
+        where = "host" if run.device.type == "cpu" else "GPU"
+        plan.notes.append(f"merged decoding: continuations of up to {ctx.decode_max_rows} rows decoded together, "
+                          f"holding up to {fmt_bytes(ctx.decode_kv_budget)} of KV cache in {where} memory")
     for p in cfg.passes:  # run each pass's prefix now: a model whose cache cannot be shared says so here
         contexts[p].shared_prefix()
     shared = {p: len(contexts[p].prefix_ids or ()) for p in cfg.passes}

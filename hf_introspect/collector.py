@@ -109,10 +109,10 @@ class PassContext:
                 self.prefix_ids = None  # the model's cache cannot be shared: whole prompts
         return self._prefix
 
-    def launch_rows(self, seqs, positions, qids, host_alloc=None, layers=None) -> PendingBatch:
+    def launch_rows(self, seqs, positions, qids, host_alloc=None) -> PendingBatch:
         gens = [row_generator(self.cfg.seed, q, self.pass_name) for q in qids] if self.cfg.temperature > 0 else None
         return launch_batch(self.lm.model, seqs, pad_id=self.lm.tokenizer.pad_token_id, label_ids=self.label_ids,
-                            layers=self.layers if layers is None else layers, keep_positions=positions,
+                            layers=self.layers, keep_positions=positions,
                             act_dtype=self.cfg.act_dtype, max_new_tokens=self.cfg.max_new_tokens,
                             temperature=self.cfg.temperature, top_p=self.cfg.top_p, eos_ids=self.eos_ids,
                             generators=gens, host_alloc=host_alloc,
@@ -121,8 +121,8 @@ class PassContext:
     def continue_rows(self, group: list[tuple[list[int], PendingBatch, BatchOutput]], seqs, qids) -> None:
         """Decode the deferred continuations of ``group`` as one batch and fill each
         ``BatchOutput.generated_ids``. On out-of-memory (the caches are consumed by then), merging
-        is switched off and the group's prompts are run again, continuation included, gathering
-        no activations (those are already stored)."""
+        is switched off and the group's prompts are run again, continuation included, keeping no
+        positions (their activations are already stored)."""
         states = [pending.decode for _, pending, _ in group]
         for _, pending, _ in group:
             pending.decode = None

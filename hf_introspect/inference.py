@@ -321,26 +321,23 @@ def launch_batch(net, sequences: list[list[int]], *, pad_id: int, label_ids: dic
     on_host = device.type == "cpu" and host_alloc is not None
     kept = host_alloc(shape, dtype) if on_host else torch.empty(shape, dtype=dtype, device=device)
     row_of_t = to_device(row_of, device)
-    if not from_prefix.any():
+    own = ~from_prefix  # kept positions this forward computed (the rest come from the shared prefix)
+    if own.all():
         index = {device: (row_of_t, to_device(cols, device))}
-        # Each layer is gathered and cast straight into its slot (no float32 stack, one pass less).
-        for j, i in enumerate(layers):
-            h = hidden[i]
-            if h.device not in index:  # device_map="auto": layers live on several GPUs
-                index[h.device] = tuple(t.to(h.device) for t in index[device])
-            kept[j].copy_(h[index[h.device]])
-    else:  # kept positions inside the shared prefix come from the prefix's own forward
-        own = ~from_prefix
-        index = {device: tuple(to_device(a, device) for a in (row_of[own], cols[own], np.flatnonzero(own),
-                                                                full[from_prefix], np.flatnonzero(from_prefix)))}
-        for j, i in enumerate(layers):
-            h, hp = hidden[i], prefix.hidden[i]
-            if h.device not in index:
-                index[h.device] = tuple(t.to(h.device) for t in index[device])
-            rows_d, cols_d, _, src_p, _ = index[h.device]
-            _, _, dst_own, _, dst_p = index[device]
-            kept[j].index_copy_(0, dst_own, h[rows_d, cols_d].to(device=device, dtype=dtype))
-            kept[j].index_copy_(0, dst_p, hp[src_p.to(hp.device)].to(device=device, dtype=dtype))
+    else:
+        index = {device: tuple(to_device(a, device) for a in (row_of[own], cols[own], full[from_prefix],
+                                                                np.flatnonzero(own), np.flatnonzero(from_prefix)))}
+    for j, i in enumerate(layers):
+        h = hidden[i]
+        if h.device not in index:  # device_map="auto": layers live on several GPUs
+            index[h.device] = tuple(t.to(h.device) for t in index[device])
+        rows_h, cols_h = index[h.device][:2]
+        if own.all():  # one gather, cast straight into the layer's slot (no float32 stack, one pass less)
+            kept[j].copy_(h[rows_h, cols_h])
+            continue
+        src_p, (dst_own, dst_p) = index[h.device][2], index[device][3:]
+        kept[j].index_copy_(0, dst_own, h[rows_h, cols_h].to(device=device, dtype=dtype))
+        kept[j].index_copy_(0, dst_p, prefix.hidden[i][src_p].to(device=device, dtype=dtype))
     del hidden
     # Non-finite values after the cast (float16 overflow), per row and layer: (batch, n_stored).
     if device.type == "cpu":  # counted only when there are any: one isfinite pass + all() usually

@@ -56,6 +56,17 @@ def capture_pre_norm(net):
         handle.remove()
 
 
+def forward_hidden(net, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, *, use_cache: bool, **extra):
+    """One forward with every layer's residual stream: returns (model output, hidden), hidden being
+    n_layers + 1 tensors of (batch, T, hidden) whose last entry is taken before the final norm."""
+    with capture_pre_norm(net) as pre_norm:
+        out = net(input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=True,
+                  use_cache=use_cache, logits_to_keep=1, **extra)
+    hidden = list(out.hidden_states)
+    hidden[-1] = pre_norm["x"]
+    return out, hidden
+
+
 def to_device(x, device) -> torch.Tensor:
     """Host -> device copy that does not make the host wait for the GPU.
 
@@ -298,11 +309,7 @@ def launch_batch(net, sequences: list[list[int]], *, pad_id: int, label_ids: dic
         mask = torch.cat([torch.ones((b, P), dtype=mask.dtype, device=device), mask], dim=1)
         pos = pos + P
         extra[_cache_kwarg(net)] = prefix.cache_for(b)
-    with capture_pre_norm(net) as pre_norm:
-        out = net(input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=True,
-                  use_cache=max_new_tokens > 0 or P > 0, logits_to_keep=1, **extra)
-    hidden = list(out.hidden_states)  # n_layers + 1 tensors of (batch, T, hidden)
-    hidden[-1] = pre_norm["x"]
+    out, hidden = forward_hidden(net, ids, mask, pos, use_cache=max_new_tokens > 0 or P > 0, **extra)
     next_logits = out.logits[:, -1, :]  # (batch, vocab)
     label_index = {label: to_device(torch.tensor(ids, dtype=torch.long), device) for label, ids in label_ids.items()}
     label_logits = _to_host(restricted_logits(next_logits, label_index))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .inference import _cache_of, _cache_tensors, capture_pre_norm, to_device
+from .inference import _cache_of, _cache_tensors, forward_hidden, to_device
 
 # Below this many shared tokens a separate prefix forward is not worth its fixed cost.
 MIN_SHARED_TOKENS = 8
@@ -85,12 +85,8 @@ def compute_shared_prefix(net, ids: list[int], layers: list[int]) -> SharedPrefi
     x = to_device(torch.tensor([ids], dtype=torch.long), device)
     mask = torch.ones_like(x)
     pos = torch.arange(len(ids), device=device)[None]
-    with capture_pre_norm(net) as pre_norm:
-        out = net(input_ids=x, attention_mask=mask, position_ids=pos, output_hidden_states=True, use_cache=True,
-                  logits_to_keep=1)
+    out, hidden = forward_hidden(net, x, mask, pos, use_cache=True)  # hidden: n_layers + 1 x (1, P, hidden)
     kv = _cache_tensors(_cache_of(out))
     if kv is None:
         return None
-    hidden = list(out.hidden_states)  # n_layers + 1 tensors of (1, P, hidden)
-    hidden[-1] = pre_norm["x"]
     return SharedPrefix(list(ids), kv, {i: hidden[i][0] for i in layers})

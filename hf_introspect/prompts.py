@@ -126,7 +126,16 @@ def marked_prompt(template: str, tokenizer, use_chat_template: bool) -> str:
 
 def fill_prompt(marked: str, question: str, options: dict[str, str]) -> RenderedPrompt:
     """Replace :func:`marked_prompt`'s sentinels with one question's values, left to right,
-    tracking where each value lands in the final text."""
+    tracking where each value lands in the final text. Character spans are found after the chat
+    template is applied (it may add text before the user message), so token spans can be derived
+    from the tokenizer's offset mapping.
+
+    Example:
+        >>> marked = marked_prompt(DEFAULT_TEMPLATES["mcq"], None, False)
+        >>> p = fill_prompt(marked, "2+2?", {"A": "3", "B": "4", "C": "5", "D": "6"})
+        >>> p.text[p.question_char_span[0]:p.question_char_span[1]]
+        '2+2?'
+    """
     values = {"question": question, **{label: options[label] for label in ANSWER_LABELS}}
     spans: dict[str, tuple[int, int]] = {}
     out, pos, offset = [], 0, 0
@@ -149,20 +158,6 @@ def fill_prompt(marked: str, question: str, options: dict[str, str]) -> Rendered
         question_char_span=spans.get("question", missing),
         option_char_spans=tuple(spans.get(label, missing) for label in ANSWER_LABELS),
     )
-
-
-def render_prompt(template: str, question: str, options: dict[str, str], tokenizer, use_chat_template: bool) -> RenderedPrompt:
-    """Render one pass's prompt for one question, through the chat template when there is one.
-
-    Character spans are found after rendering (the chat template may add text before the user
-    message), so token spans can later be derived from the tokenizer's offset mapping.
-
-    Example:
-        >>> p = render_prompt(DEFAULT_TEMPLATES["mcq"], "2+2?", {"A": "3", "B": "4", "C": "5", "D": "6"}, None, False)
-        >>> p.text[p.question_char_span[0]:p.question_char_span[1]]
-        '2+2?'
-    """
-    return fill_prompt(marked_prompt(template, tokenizer, use_chat_template), question, options)
 
 
 def char_span_to_token_span(offsets: list[tuple[int, int]], span: tuple[int, int]) -> tuple[int, int]:

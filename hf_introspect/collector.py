@@ -71,7 +71,7 @@ def _is_oom(exc: BaseException) -> bool:
 # is bound by kernel launches whatever the rows, so merging saves more; the KV budget keeps the
 # deferred caches small next to the model (on a GPU also at most a tenth of its memory: a merged
 # decode step briefly holds the cache twice).
-DECODE_MAX_ROWS = {"cpu": 32, "cuda": 256}
+DECODE_MAX_ROWS = {"cpu": 64, "cuda": 256}
 DECODE_KV_BUDGET = {"cpu": 512 * 2**20, "cuda": 4 * 2**30}
 
 

@@ -166,3 +166,61 @@ def test_merging_frees_each_source_layer_as_it_goes(monkeypatch):
     inference.merge_decode_states([a.decode, b.decode])
     assert len(alive_at) == 2 and alive_at == [0, 0]
     assert all(ref() is None for per in sources for ref in per)
+
+
+def _decode_rows(monkeypatch, net) -> list[int]:
+    """Records the rows of every decode-step forward (input_ids of width 1)."""
+    rows = []
+    real = type(net).forward
+
+    def forward(self, *a, **kw):
+        ids = kw.get("input_ids")
+        if ids is not None and ids.shape[1] == 1:
+            rows.append(ids.shape[0])
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(type(net), "forward", forward)
+    return rows
+
+
+def test_ended_rows_leave_the_decode_batch_with_the_same_tokens(monkeypatch):
+    """Rows that reached EOS are dropped from the batch (cache, mask, positions, generators); every
+    row's text equals the one decoded without dropping, greedy and sampled."""
+    net = sharp_model()
+    seqs = SEQS + MORE
+    plain = [greedy(net, s, 8) for s in seqs]
+    # the EOS that ends the most rows early while leaving at least one running
+    counts = {t: sum(t in p[:7] for p in plain) for p in plain for t in p[:7]}
+    eos = max((t for t, c in counts.items() if c < len(seqs)), key=lambda t: counts[t])
+    assert counts[eos] >= 2
+    kw = dict(keep_positions=[np.arange(len(s)) for s in seqs], max_new_tokens=8, eos_ids={eos})
+    for sampling in ({}, dict(temperature=1.0, top_p=0.9)):
+        gens = lambda: [row_generator(3, f"q{i}", "mcq") for i in range(len(seqs))]  # noqa: E731
+        monkeypatch.setattr(inference, "COMPACT_SHARE", 2.0)  # never drops rows
+        whole = run_batch(net, seqs, **args(generators=gens(), **kw, **sampling)).generated_ids
+        monkeypatch.setattr(inference, "COMPACT_SHARE", 0.01)  # drops ended rows after every step
+        rows = _decode_rows(monkeypatch, net)
+        compacted = run_batch(net, seqs, **args(generators=gens(), **kw, **sampling)).generated_ids
+        monkeypatch.undo()
+        assert compacted == whole
+        if not sampling:
+            assert whole == [p[:p.index(eos)] if eos in p else p for p in plain]
+        # Decode forward k (after token k) runs exactly the rows with no EOS among tokens 0..k.
+        ends = [len(w) if len(w) < 8 else 99 for w in whole]
+        expected = [sum(e > k for e in ends) for k in range(7)]
+        expected = expected[:next((k for k, n in enumerate(expected) if n == 0), 7)]
+        assert rows == expected and rows[-1] < len(seqs)
+
+
+def test_merged_continuations_drop_ended_rows(monkeypatch):
+    net = sharp_model()
+    plain = [greedy(net, s, 6) for s in SEQS + MORE]
+    eos = plain[3][1]
+    a, b = deferred(net, SEQS, max_new_tokens=6, eos_ids={eos}), deferred(net, MORE, max_new_tokens=6, eos_ids={eos})
+    monkeypatch.setattr(inference, "COMPACT_SHARE", 0.01)
+    rows = _decode_rows(monkeypatch, net)
+    ids = sum(continue_batches(net, [a.decode, b.decode], max_new_tokens=6, eos_ids={eos}), [])
+    for got, full in zip(ids, plain):
+        assert got == (full[:full.index(eos)] if eos in full else full)
+    ended_early = sum(eos in p[:5] for p in plain)
+    assert ended_early and rows[-1] <= len(plain) - ended_early

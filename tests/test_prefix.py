@@ -132,7 +132,7 @@ def test_plan_states_the_shared_prefix_and_the_flag_turns_it_off(tiny_model_dir,
     plan = collect(config_from_args(parser.parse_args(argv)), questions=make_questions())
     note = [n for n in plan.notes if n.startswith("shared prompt prefix")]
     assert len(note) == 1 and "mcq " in note[0] and "% of its prompt tokens" in note[0]
-    assert any(n.startswith("merged decoding: continuations of up to 32 rows") for n in plan.notes)
+    assert any(n.startswith("merged decoding: continuations of up to 64 rows") for n in plan.notes)
     off = config_from_args(parser.parse_args(argv + ["--no_share_prefix"]))
     assert off.share_prefix is False
     assert not [n for n in collect(off, questions=make_questions()).notes if n.startswith("shared prompt prefix")]

@@ -261,6 +261,8 @@ class PendingBatch:
     # With defer_continuation: the continuation still to run (continue_batches); until then the
     # result's generated_ids are empty.
     decode: DecodeState | None = None
+    # With export=: the rows' per-question prefixes for a later pass (prefix.RowPrefix), or None.
+    handoff: object | None = None
 
     def result(self) -> BatchOutput:
         if self.event is not None:
@@ -280,7 +282,8 @@ def launch_batch(net, sequences: list[list[int]], *, pad_id: int, label_ids: dic
                  max_new_tokens: int = 0, temperature: float = 0.0, top_p: float = 1.0,
                  eos_ids: set[int] = frozenset(), generators: list[torch.Generator] | None = None,
                  host_alloc: Callable[[tuple, torch.dtype], torch.Tensor] | None = None,
-                 defer_continuation: bool = False, prefix=None) -> PendingBatch:
+                 defer_continuation: bool = False, prefix=None, row_prefix=None,
+                 export: list[int] | None = None, export_hidden: bool = False) -> PendingBatch:
     """Queue one batch: forward, gather of the stored layers x positions, readout and the
     continuation, with the results copied to host memory without waiting for them. Calling it for
     the next batch before :meth:`PendingBatch.result` of this one keeps a GPU busy while the host
@@ -295,21 +298,36 @@ def launch_batch(net, sequences: list[list[int]], *, pad_id: int, label_ids: dic
     returned batch keeps the prompt's KV cache in ``.decode``; its hidden states are freed).
     ``prefix`` (a :class:`hf_introspect.prefix.SharedPrefix` every sequence starts with) skips
     recomputing those tokens: only the rest of each row runs, on top of the prefix's cache.
+    ``row_prefix`` (a :class:`hf_introspect.prefix.RowPrefix`, rows in this batch's order) goes
+    further: row r's next ``row_prefix.lengths[r]`` tokens were run by another pass's forward,
+    and only the tokens after them run here. ``export[r]`` asks for the opposite: the keys/values
+    (and, with ``export_hidden``, the stored layers' hidden states) of row r's first ``export[r]``
+    tokens after the shared prefix, returned as ``PendingBatch.handoff`` for a later pass.
     """
     device = next(net.parameters()).device
     b = len(sequences)
     P = prefix.length if prefix is not None else 0
     if P and any(s[:P] != prefix.ids for s in sequences):
         raise ValueError("launch_batch: a sequence does not start with the shared prefix's tokens")
-    # With a shared prefix only each row's own tokens go through the model, on top of the prefix's
-    # cache: mask (batch, P + T) = prefix ones + the left-padded rest; positions continue at P.
-    ids, mask, pos = left_pad([s[P:] for s in sequences] if P else sequences, pad_id, device)
+    if row_prefix is not None and export is not None:
+        raise ValueError("launch_batch: a batch run on row prefixes cannot export its own (no chained hand-offs)")
+    Q = np.array(row_prefix.lengths if row_prefix is not None else [0] * b, dtype=np.int64)  # (batch,)
+    if row_prefix is not None and any(s[P:P + q] != t for s, q, t in zip(sequences, Q, row_prefix.tokens)):
+        raise ValueError("launch_batch: a sequence does not continue with its row prefix's tokens")
+    # Only each row's own tokens go through the model, on top of the prefix's cache and the row
+    # prefix's: mask (batch, P + L + T) = prefix ones + row prefixes + the left-padded rest;
+    # row r's positions continue at P + Q[r].
+    ids, mask, pos = left_pad([s[P + q:] for s, q in zip(sequences, Q)], pad_id, device)
     extra = {}
-    if P:
-        mask = torch.cat([torch.ones((b, P), dtype=mask.dtype, device=device), mask], dim=1)
-        pos = pos + P
-        extra[_cache_kwarg(net)] = prefix.cache_for(b)
-    out, hidden = forward_hidden(net, ids, mask, pos, use_cache=max_new_tokens > 0 or P > 0, **extra)
+    if P or row_prefix is not None:
+        pos = pos + to_device(torch.as_tensor(P + Q)[:, None], device)
+        extra[_cache_kwarg(net)] = _prefix_cache(prefix, row_prefix, b)
+        parts = [torch.ones((b, P), dtype=mask.dtype, device=device)] if P else []
+        if row_prefix is not None:
+            parts.append(row_prefix.mask.to(device=device, dtype=mask.dtype))
+        mask = torch.cat(parts + [mask], dim=1)
+    out, hidden = forward_hidden(net, ids, mask, pos, use_cache=max_new_tokens > 0 or bool(extra) or bool(export),
+                                 **extra)
     next_logits = out.logits[:, -1, :]  # (batch, vocab)
     label_index = {label: to_device(torch.tensor(ids, dtype=torch.long), device) for label, ids in label_ids.items()}
     label_logits = _to_host(restricted_logits(next_logits, label_index))
@@ -317,34 +335,49 @@ def launch_batch(net, sequences: list[list[int]], *, pad_id: int, label_ids: dic
     # Only the stored layers and positions are gathered (on the device), cast and copied: padding
     # and unstored positions never cross to the host. (n_stored, n_kept_total, hidden)
     width = ids.shape[1]
+    lens = np.array([len(s) for s in sequences], dtype=np.int64)  # (batch,)
     counts = [len(k) for k in keep_positions]
     row_of = np.repeat(np.arange(b), counts)  # (n_kept,) the row of each kept position
     full = np.concatenate([np.asarray(k, dtype=np.int64) for k in keep_positions]) if row_of.size else \
         np.zeros(0, np.int64)  # (n_kept,) index in the whole prompt
-    cols = width - (np.repeat([len(s) for s in sequences], counts) - P) + (full - P)  # in this forward's output
-    from_prefix = full < P
+    start = P + Q[row_of]  # (n_kept,) where the row's tokens run here begin
+    cols = width - (lens[row_of] - start) + (full - start)  # in this forward's output
+    own, from_prefix = full >= start, full < P
+    from_row = ~own & ~from_prefix  # from the row prefix: its hidden states, right-aligned
+    if from_row.any() and (row_prefix is None or row_prefix.hidden is None):
+        raise ValueError("launch_batch: kept positions fall in a row prefix exported without hidden states")
     shape, dtype = (len(layers), len(row_of), hidden[0].shape[-1]), ACT_DTYPES[act_dtype]
     # On a CPU the host buffer itself is the gather target (no second copy).
     on_host = device.type == "cpu" and host_alloc is not None
     kept = host_alloc(shape, dtype) if on_host else torch.empty(shape, dtype=dtype, device=device)
     row_of_t = to_device(row_of, device)
-    own = ~from_prefix  # kept positions this forward computed (the rest come from the shared prefix)
-    if own.all():
-        index = {device: (row_of_t, to_device(cols, device))}
-    else:
-        index = {device: tuple(to_device(a, device) for a in (row_of[own], cols[own], full[from_prefix],
-                                                                np.flatnonzero(own), np.flatnonzero(from_prefix)))}
+    # Index arrays per source: own (rows, cols in this forward), prefix (positions), row prefix
+    # (rows, cols in its width); the destinations are positions in the stacked output.
+    src = {"own": (row_of[own], cols[own]), "prefix": (full[from_prefix],),
+           "row": (row_of[from_row], (row_prefix.width - Q[row_of] + full - P)[from_row] if row_prefix is not None
+                   else np.zeros(0, np.int64))}
+    dst = {k: to_device(np.flatnonzero(m), device) for k, m in (("own", own), ("prefix", from_prefix), ("row", from_row))}
+    on_dev: dict = {}  # (source, device) -> index tensors there (device_map="auto": several GPUs)
+
+    def at(name: str, dev) -> tuple:
+        if (name, dev) not in on_dev:
+            on_dev[name, dev] = tuple(to_device(a, dev) for a in src[name])
+        return on_dev[name, dev]
+
     for j, i in enumerate(layers):
         h = hidden[i]
-        if h.device not in index:  # device_map="auto": layers live on several GPUs
-            index[h.device] = tuple(t.to(h.device) for t in index[device])
-        rows_h, cols_h = index[h.device][:2]
         if own.all():  # one gather, cast straight into the layer's slot (no float32 stack, one pass less)
-            kept[j].copy_(h[rows_h, cols_h])
+            kept[j].copy_(h[at("own", h.device)])
             continue
-        src_p, (dst_own, dst_p) = index[h.device][2], index[device][3:]
-        kept[j].index_copy_(0, dst_own, h[rows_h, cols_h].to(device=device, dtype=dtype))
-        kept[j].index_copy_(0, dst_p, prefix.hidden[i][src_p].to(device=device, dtype=dtype))
+        kept[j].index_copy_(0, dst["own"], h[at("own", h.device)].to(device=device, dtype=dtype))
+        if from_prefix.any():
+            kept[j].index_copy_(0, dst["prefix"], prefix.hidden[i][at("prefix", prefix.hidden[i].device)]
+                                .to(device=device, dtype=dtype))
+        if from_row.any():
+            rh = row_prefix.hidden[i]
+            kept[j].index_copy_(0, dst["row"], rh[at("row", rh.device)].to(device=device, dtype=dtype))
+    handoff = _export_rows(out, hidden, sequences, P, Q, width, export, layers if export_hidden else None, dtype) \
+        if export is not None and max(export, default=0) > 0 else None
     del hidden
     # Non-finite values after the cast (float16 overflow), per row and layer: (batch, n_stored).
     if device.type == "cpu":  # counted only when there are any: one isfinite pass + all() usually
@@ -371,7 +404,59 @@ def launch_batch(net, sequences: list[list[int]], *, pad_id: int, label_ids: dic
         event = torch.cuda.Event()
         event.record()
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return PendingBatch(label_logits, stacked, overflow, tokens, offsets, set(eos_ids), event, decode)
+    return PendingBatch(label_logits, stacked, overflow, tokens, offsets, set(eos_ids), event, decode, handoff)
+
+
+def _prefix_cache(prefix, row_prefix, b: int):
+    """The cache a batch runs on: the shared prefix (expanded to ``b`` rows, no copy) followed by
+    the rows' own prefixes."""
+    from transformers.cache_utils import DynamicCache
+
+    if row_prefix is None:
+        return prefix.cache_for(b)
+    cache = DynamicCache()
+    for i, (k, v) in enumerate(row_prefix.kv):
+        if prefix is not None:
+            pk, pv = prefix.kv[i]
+            k = torch.cat([pk.expand(b, -1, -1, -1).to(k.device), k], dim=2)
+            v = torch.cat([pv.expand(b, -1, -1, -1).to(v.device), v], dim=2)
+        cache.update(k, v, i)
+    return cache
+
+
+def _export_rows(out, hidden, sequences, P: int, Q: np.ndarray, width: int, export: list[int],
+                 layers: list[int] | None, dtype):
+    """Row r's first ``export[r]`` tokens after the shared prefix, from this forward: keys/values of
+    every block and (``layers`` given) those layers' hidden states, as a RowPrefix right-aligned in
+    the width of the longest. None when the cache is not a plain DynamicCache."""
+    from .prefix import RowPrefix
+
+    kv = _cache_tensors(_cache_of(out))
+    if kv is None:
+        return None
+    n = np.asarray(export, dtype=np.int64)  # (batch,)
+    if (n > np.array([len(s) for s in sequences]) - P - Q).any():
+        raise ValueError("launch_batch: export reaches past a row's tokens")
+    L = int(n.max())
+    b = len(sequences)
+    pad = width - (np.array([len(s) for s in sequences]) - P - Q)  # (batch,) left padding of this forward
+    k_idx = np.arange(L)[None, :] - (L - n)[:, None]  # (batch, L) index among the row's tokens, < 0: padding
+    hcols = pad[:, None] + np.clip(k_idx, 0, None)  # (batch, L) column in this forward's output
+    device = kv[0][0].device
+    rows_t = to_device(np.arange(b)[:, None], device)
+    cache_cols = to_device(kv[0][0].shape[2] - width + hcols, device)  # the cache holds the prefixes first
+    # keys[rows, :, cols] -> (batch, L, kv_heads, head_dim) -> (batch, kv_heads, L, head_dim)
+    kv_rows = [(k[rows_t, :, cache_cols].transpose(1, 2).contiguous(), v[rows_t, :, cache_cols].transpose(1, 2).contiguous())
+               for k, v in kv]
+    mask = to_device(torch.as_tensor(k_idx >= 0, dtype=torch.long), device)
+    hid = None
+    if layers is not None:
+        hid = {}
+        for i in layers:
+            h = hidden[i]
+            hid[i] = h[to_device(np.arange(b)[:, None], h.device), to_device(hcols, h.device)].to(dtype)  # (batch, L, hidden)
+    tokens = [list(s[P + q:P + q + m]) for s, q, m in zip(sequences, Q, n)]
+    return RowPrefix(tokens, kv_rows, mask, hid)
 
 
 # A decode batch drops its finished rows once at least this share of them has ended: on a CPU a

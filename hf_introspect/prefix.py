@@ -90,3 +90,95 @@ def compute_shared_prefix(net, ids: list[int], layers: list[int]) -> SharedPrefi
     if kv is None:
         return None
     return SharedPrefix(list(ids), kv, {i: hidden[i][0] for i in layers})
+
+
+# --- per-question prefixes handed from one pass to the next ------------------------------------
+#
+# Two passes whose prompts put the same question block first (``self_conf`` and ``other_conf``:
+# system turn, "Here is a multiple-choice question", the question and its options, "Do not answer
+# it. Instead,") share each question's first tokens. The earlier pass's forward exports those
+# tokens' keys/values (and stored layers' hidden states) per row; the later pass runs only the
+# rest of its prompt on top of them. The shared prefix above is the part every question has.
+
+
+def handoff_lengths(seqs_a: list[list[int]], seqs_b: list[list[int]], shared: int) -> list[int]:
+    """Per row, how many tokens after the pass-wide shared prefix (``shared`` tokens) pass B's
+    prompt has in common with pass A's for the same question; each B row keeps its last token.
+
+    Example:
+        >>> handoff_lengths([[1, 2, 3, 4, 9]], [[1, 2, 3, 4, 7, 7]], shared=1)
+        [3]
+    """
+    return [max(common_prefix_len([a, b]) - shared, 0) for a, b in zip(seqs_a, seqs_b)]
+
+
+@dataclass
+class RowPrefix:
+    """Rows' per-question prefixes, exported by another pass's forward: row r's ``lengths[r]``
+    tokens after the shared prefix, right-aligned (left-padded) in a width of ``max(lengths)``."""
+
+    tokens: list[list[int]]  # row r's exported token ids (length lengths[r])
+    kv: list[tuple[torch.Tensor, torch.Tensor]]  # per block: keys, values (rows, kv_heads, L, head_dim)
+    mask: torch.Tensor  # (rows, L) 1 at real tokens
+    hidden: dict[int, torch.Tensor] | None  # stored residual index -> (rows, L, hidden) in the stored dtype
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(t) for t in self.tokens]
+
+    @property
+    def width(self) -> int:
+        return self.mask.shape[1]
+
+    def nbytes(self) -> int:
+        n = sum(k.nbytes + v.nbytes for k, v in self.kv)
+        return n + (sum(h.nbytes for h in self.hidden.values()) if self.hidden else 0)
+
+
+def select_rows(parts: list[tuple[RowPrefix, int]]) -> RowPrefix:
+    """One :class:`RowPrefix` holding the given (part, row) pairs in order, re-padded to the
+    widest of them (no copy when they are all of one part, in its order)."""
+    first = parts[0][0]
+    if all(p is first for p, _ in parts) and [r for _, r in parts] == list(range(len(first.tokens))):
+        return first
+    width = max(len(p.tokens[r]) for p, r in parts)
+
+    def row(t: torch.Tensor, p: RowPrefix, r: int, dim: int) -> torch.Tensor:
+        piece = t[r:r + 1].narrow(dim, p.width - len(p.tokens[r]), len(p.tokens[r]))  # real tokens only
+        pad = [0, 0] * (t.dim() - 1 - dim) + [width - piece.shape[dim], 0]
+        return torch.nn.functional.pad(piece, pad)
+
+    kv = [(torch.cat([row(p.kv[i][0], p, r, 2) for p, r in parts]), torch.cat([row(p.kv[i][1], p, r, 2) for p, r in parts]))
+          for i in range(len(first.kv))]
+    mask = torch.cat([row(p.mask, p, r, 1) for p, r in parts])
+    hidden = None if first.hidden is None else \
+        {i: torch.cat([row(p.hidden[i], p, r, 1) for p, r in parts]) for i in first.hidden}
+    return RowPrefix([p.tokens[r] for p, r in parts], kv, mask, hidden)
+
+
+class HandoffStore:
+    """A shard's exported row prefixes, by the row's index in the shard.
+
+    Example:
+        >>> store = HandoffStore()
+        >>> store.for_rows([0, 1]) is None   # nothing exported: those rows run whole
+        True
+    """
+
+    def __init__(self):
+        self._rows: dict[int, tuple[RowPrefix, int]] = {}
+
+    def add(self, rows: list[int], part: RowPrefix) -> None:
+        for k, r in enumerate(rows):
+            self._rows[r] = (part, k)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def nbytes(self) -> int:
+        return sum(p.nbytes() for p in {id(p): p for p, _ in self._rows.values()}.values())
+
+    def for_rows(self, rows: list[int]) -> RowPrefix | None:
+        if not rows or any(r not in self._rows for r in rows):
+            return None
+        return select_rows([self._rows[r] for r in rows])

@@ -213,3 +213,57 @@ def test_a_lora_model_shares_the_prefix_with_the_same_values(tiny_model_dir, tin
     np.testing.assert_allclose(np.stack(a["logits"]), np.stack(b["logits"]), rtol=0, atol=1e-4)
     for x, y in zip(a[layer_column(2)], b[layer_column(2)]):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+
+
+# Two passes over the same questions: a shared start, each question's block, then a pass's own tail.
+QUESTIONS = [[5, 9, 14, 3], [8], [12, 40, 41, 6, 2, 30, 30], [17, 3]]
+SEQS_A = [PREFIX + q + [50, 51, 52] for q in QUESTIONS]
+SEQS_B = [PREFIX + q + [50, 53, 54, 55] for q in QUESTIONS]  # shares the question and token 50
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_row_prefixes_handed_to_another_pass_equal_whole_prompts(shared):
+    from hf_introspect.prefix import HandoffStore, handoff_lengths
+
+    net = model()
+    prefix = compute_shared_prefix(net, PREFIX, LAYERS) if shared else None
+    P = len(PREFIX) if shared else 0
+    q = handoff_lengths(SEQS_A, SEQS_B, P)
+    assert q == [len(x) + 1 + (0 if shared else len(PREFIX)) for x in QUESTIONS]
+    store = HandoffStore()
+    for rows in ([0, 1], [2, 3]):  # exported by two batches of pass A
+        a = launch_batch(net, [SEQS_A[r] for r in rows], **args([SEQS_A[r] for r in rows], max_new_tokens=3,
+                                                                  prefix=prefix, export=[q[r] for r in rows],
+                                                                  export_hidden=True))
+        assert a.handoff.lengths == [q[r] for r in rows]
+        store.add(rows, a.handoff)
+    # pass B batches the rows its own way: parts of both exports, in another order
+    for rows in ([3, 0, 2], [1], [0, 1]):
+        seqs = [SEQS_B[r] for r in rows]
+        handed = run_batch(net, seqs, **args(seqs, max_new_tokens=4, prefix=prefix, row_prefix=store.for_rows(rows)))
+        whole = run_batch(net, seqs, **args(seqs, max_new_tokens=4))
+        np.testing.assert_allclose(handed.stacked, whole.stacked, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(handed.label_logits, whole.label_logits, rtol=1e-5, atol=1e-5)
+        assert handed.generated_ids == whole.generated_ids
+        assert np.abs(whole.stacked).max() > 0.03
+
+
+def test_row_prefix_checks_its_tokens_and_needs_hidden_states_for_kept_positions():
+    from hf_introspect.prefix import HandoffStore, handoff_lengths
+
+    net = model()
+    q = handoff_lengths(SEQS_A, SEQS_B, 0)
+    store = HandoffStore()
+    a = launch_batch(net, SEQS_A, **args(SEQS_A, export=q))  # keys/values only
+    assert a.handoff.hidden is None
+    store.add([0, 1, 2, 3], a.handoff)
+    last = [np.array([len(s) - 1]) for s in SEQS_B]  # the last position is never in the row prefix
+    out = run_batch(net, SEQS_B, **args(SEQS_B, keep_positions=last, row_prefix=store.for_rows([0, 1, 2, 3])))
+    whole = run_batch(net, SEQS_B, **args(SEQS_B, keep_positions=last))
+    np.testing.assert_allclose(out.stacked, whole.stacked, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="without hidden states"):
+        run_batch(net, SEQS_B, **args(SEQS_B, row_prefix=store.for_rows([0, 1, 2, 3])))
+    other = [[2] + s[1:] for s in SEQS_B]
+    with pytest.raises(ValueError, match="row prefix's tokens"):
+        run_batch(net, other, **args(other, keep_positions=last, row_prefix=store.for_rows([0, 1, 2, 3])))
+    assert store.for_rows([0, 7]) is None  # a row nothing was exported for: run whole

@@ -32,7 +32,7 @@ from .model_loading import LoadedModel, load_model
 from .pipeline import HostBuffers, ShardJob, ShardPrefetcher
 from .planning import Plan, check_fits, fmt_bytes, free_bytes, host_buffer_bytes, plan_pass
 from .prompt_dataset import build_prompt_dataset
-from .prefix import MIN_SHARED_TOKENS, SharedPrefix, common_prefix_len, compute_shared_prefix
+from .prefix import MIN_SHARED_TOKENS, HandoffStore, SharedPrefix, compute_shared_prefix, handoff_lengths
 from .prompts import PROMPT_TYPES, labels_for_pass, load_templates
 from .readout import entropy_nats, expected_confidence, logit_margin, parse_label, resolve_label_token_ids, softmax_np
 from .schema import layer_column, pass_features
@@ -100,6 +100,17 @@ class PassContext:
     decode_kv_budget: int = 0
     prefix_ids: list[int] | None = None  # tokens every prompt of the pass starts with (None: no sharing)
     _prefix: SharedPrefix | None = field(default=None, repr=False)
+    # Per-question prefixes handed between passes (see _handoff_pairs): this pass exports them to
+    # ``handoff_to`` / runs on those exported by ``handoff_from``.
+    handoff_to: str | None = None
+    handoff_from: str | None = None
+    handoffs: dict[int, HandoffStore] = field(default_factory=dict)  # shard index -> exported for this pass
+    # Set while one shard is computed: what to export (row -> tokens), where, and what to run on.
+    export_lengths: list[int] | None = None
+    export_hidden: bool = False
+    exported: HandoffStore | None = None
+    row_prefixes: HandoffStore | None = None
+    prompt_only: bool = False  # forwards only (no continuation): re-exporting for a resumed pass
 
     def shared_prefix(self) -> SharedPrefix | None:
         """The pass's shared prefix, run through the model on first use (in whichever thread asks)."""
@@ -109,14 +120,18 @@ class PassContext:
                 self.prefix_ids = None  # the model's cache cannot be shared: whole prompts
         return self._prefix
 
-    def launch_rows(self, seqs, positions, qids, host_alloc=None) -> PendingBatch:
+    def launch_rows(self, seqs, positions, qids, host_alloc=None, rows=None, export=False) -> PendingBatch:
+        """One micro-batch of the shard's ``rows`` (indices in the shard)."""
         gens = [row_generator(self.cfg.seed, q, self.pass_name) for q in qids] if self.cfg.temperature > 0 else None
+        row_prefix = self.row_prefixes.for_rows(rows) if self.row_prefixes is not None and rows is not None else None
+        export = [self.export_lengths[r] for r in rows] if export and self.export_lengths is not None else None
         return launch_batch(self.lm.model, seqs, pad_id=self.lm.tokenizer.pad_token_id, label_ids=self.label_ids,
-                            layers=self.layers, keep_positions=positions,
-                            act_dtype=self.cfg.act_dtype, max_new_tokens=self.cfg.max_new_tokens,
+                            layers=self.layers, keep_positions=positions, act_dtype=self.cfg.act_dtype,
+                            max_new_tokens=0 if self.prompt_only else self.cfg.max_new_tokens,
                             temperature=self.cfg.temperature, top_p=self.cfg.top_p, eos_ids=self.eos_ids,
                             generators=gens, host_alloc=host_alloc,
-                            defer_continuation=self.decode_max_rows > len(seqs), prefix=self.shared_prefix())
+                            defer_continuation=self.decode_max_rows > len(seqs), prefix=self.shared_prefix(),
+                            row_prefix=row_prefix, export=export, export_hidden=self.export_hidden)
 
     def continue_rows(self, group: list[tuple[list[int], PendingBatch, BatchOutput]], seqs, qids) -> None:
         """Decode the deferred continuations of ``group`` as one batch and fill each
@@ -150,13 +165,14 @@ class PassContext:
 
 def _run_with_backoff(ctx: PassContext, rows: list[int], seqs, positions, qids,
                       sink: tuple[list[np.ndarray], np.ndarray] | None = None,
-                      check_stop=lambda: None) -> dict[int, tuple[BatchOutput, int]]:
+                      check_stop=lambda: None, export: bool = False) -> dict[int, tuple[BatchOutput, int]]:
     """Run rows in micro-batches of ctx.micro_batch, halving it on out-of-memory.
 
     Micro-batch k + 1 is launched before k's results are read, so the device computes while the
     host waits for, copies and scatters the previous one. With ``sink = (flats, offsets)``, row
     r's activations of stored layer j are copied into ``flats[j][offsets[r]:offsets[r + 1]]``
-    (from the two alternating staging buffers) and ``BatchOutput.activations`` becomes None."""
+    (from the two alternating staging buffers) and ``BatchOutput.activations`` becomes None.
+    With ``export``, each micro-batch's row prefixes for a later pass go to ``ctx.exported``."""
     results: dict[int, tuple[BatchOutput, int]] = {}
     # Finished micro-batches whose continuation is deferred, to be decoded together.
     group: list[tuple[list[int], PendingBatch, BatchOutput]] = []
@@ -179,6 +195,9 @@ def _run_with_backoff(ctx: PassContext, rows: list[int], seqs, positions, qids,
             out.activations = out.stacked = None
         for k, r in enumerate(chunk):
             results[r] = (out, k)
+        if pending.handoff is not None and ctx.exported is not None:
+            ctx.exported.add(chunk, pending.handoff)
+            pending.handoff = None
         if pending.decode is not None:
             group.append((chunk, pending, out))
             group_kv[0] += pending.decode.kv_bytes()
@@ -197,7 +216,7 @@ def _run_with_backoff(ctx: PassContext, rows: list[int], seqs, positions, qids,
         oom = False
         try:
             pending = ctx.launch_rows([seqs[r] for r in chunk], [positions[r] for r in chunk],
-                                      [qids[r] for r in chunk], host_alloc=staging)
+                                      [qids[r] for r in chunk], host_alloc=staging, rows=chunk, export=export)
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             if not _is_oom(exc):
                 raise
@@ -255,21 +274,65 @@ class ShardData:
     results: dict[int, tuple[BatchOutput, int]]
 
 
-def _compute_shard(ctx: PassContext, prompts: Dataset, job: ShardJob, slot: int, check_stop) -> ShardData:
-    """Inference for one shard (runs on the prefetch thread)."""
+def _shard_rows(ctx: PassContext, prompts: Dataset, job: ShardJob):
+    """A shard's prompts: token ids, question ids and kept positions per row, and the order its
+    micro-batches take them in (longest first: similar lengths share a micro-batch, less padding,
+    and an OOM shows early)."""
     batch = prompts.with_format("arrow")[job.lo:job.hi]
     seqs = batch.column("input_ids").to_pylist()
     spans = batch.column("question_token_span").to_pylist()
     qids = batch.column("question_id").to_pylist()
+    positions = [kept_positions(ctx.cfg.positions, len(s), tuple(sp)) for s, sp in zip(seqs, spans)]
+    order = sorted(range(len(seqs)), key=lambda r: -len(seqs[r]))
+    return seqs, qids, positions, order
+
+
+def _compute_shard(ctx: PassContext, prompts: Dataset, job: ShardJob, slot: int, check_stop) -> ShardData:
+    """Inference for one shard (runs on the prefetch thread). With ``ctx.export_lengths`` set, its
+    row prefixes for the next pass are exported into ``ctx.exported`` on the way."""
+    seqs, qids, positions, order = _shard_rows(ctx, prompts, job)
     n = len(seqs)
-    positions = [kept_positions(ctx.cfg.positions, len(seqs[r]), tuple(spans[r])) for r in range(n)]
     offsets = np.zeros(n + 1, dtype=np.int32)  # row r -> rows offsets[r]:offsets[r + 1] of the flat buffers
     np.cumsum([len(p) for p in positions], out=offsets[1:])
     flats = ctx.buffers.shard(slot, int(offsets[-1]))
-    # Longest first: similar lengths share a micro-batch (less padding), and an OOM shows early.
-    order = sorted(range(n), key=lambda r: -len(seqs[r]))
-    results = _run_with_backoff(ctx, order, seqs, positions, qids, sink=(flats, offsets), check_stop=check_stop)
+    results = _run_with_backoff(ctx, order, seqs, positions, qids, sink=(flats, offsets), check_stop=check_stop,
+                                export=ctx.export_lengths is not None)
     return ShardData(seqs, qids, positions, offsets, flats, results)
+
+
+def _handoff_plan(src: PassContext, dst: PassContext, src_prompts: Dataset, dst_prompts: Dataset,
+                  job: ShardJob) -> None:
+    """Set ``src`` up to export, while it computes shard ``job.index``, the row prefixes ``dst``
+    will run on: per row the tokens both passes' prompts share after the shared prefix, with
+    hidden states only if ``dst`` stores a position among them."""
+    src_seqs = src_prompts.with_format("arrow")[job.lo:job.hi].column("input_ids").to_pylist()
+    dst_seqs, _, dst_positions, _ = _shard_rows(dst, dst_prompts, job)
+    P = len(src.prefix_ids or ())
+    src.export_lengths = handoff_lengths(src_seqs, dst_seqs, P)
+    src.export_hidden = any(((p >= P) & (p < P + q)).any() for p, q in zip(dst_positions, src.export_lengths))
+    src.exported = HandoffStore()
+
+
+def _end_export(src: PassContext) -> HandoffStore:
+    store = src.exported
+    src.export_lengths, src.export_hidden, src.exported = None, False, None
+    return store
+
+
+def _export_again(src: PassContext, dst: PassContext, src_prompts: Dataset, dst_prompts: Dataset, job: ShardJob,
+                  check_stop) -> HandoffStore:
+    """The row prefixes of a shard whose source pass is already stored (a resumed run): the source's
+    prompt forwards run again, in the same micro-batches, storing nothing, so the handed values are
+    bit-identical to an uninterrupted run's."""
+    _handoff_plan(src, dst, src_prompts, dst_prompts, job)
+    seqs, qids, _, order = _shard_rows(src, src_prompts, job)
+    src.prompt_only = True
+    try:
+        _run_with_backoff(src, order, seqs, {r: np.zeros(0, np.int64) for r in order}, qids, check_stop=check_stop,
+                          export=True)
+    finally:
+        src.prompt_only = False
+    return _end_export(src)
 
 
 def _shard_table(ctx: PassContext, features: Features, batch: pa.Table, data: ShardData) -> pa.Table:
@@ -422,6 +485,44 @@ def _shared_prefix_ids(cfg: CollectConfig, prompts: Dataset) -> list[int] | None
         if differ.any():
             n = int(differ.argmax(axis=1)[differ.any(axis=1)].min())
     return first[:n].tolist() if n >= MIN_SHARED_TOKENS else None
+
+
+def _handed_tokens(src: Dataset, dst: Dataset, shared: int) -> int:
+    """Tokens of ``dst``'s prompts that ``src``'s prompts for the same questions share after the
+    first ``shared`` (read in blocks)."""
+    a, b = src.with_format("arrow"), dst.with_format("arrow")
+    total = 0
+    for lo in range(0, len(src), PREFIX_SCAN_ROWS):
+        total += sum(handoff_lengths(a[lo:lo + PREFIX_SCAN_ROWS].column("input_ids").to_pylist(),
+                                     b[lo:lo + PREFIX_SCAN_ROWS].column("input_ids").to_pylist(), shared))
+    return total
+
+
+def _handoff_pairs(cfg: CollectConfig, prompts: dict[str, Dataset], contexts: dict[str, PassContext]) -> dict[str, tuple[str, int]]:
+    """Which pass runs on which earlier pass's per-question prefixes: ``{later: (earlier, tokens)}``.
+
+    With the default templates ``other_conf`` repeats ``self_conf``'s prompt up to "Instead,"
+    (system turn, question, options: ~76 of ~190 tokens with SmolLM2), so its shard i runs only
+    the rest, on the keys/values ``self_conf``'s shard i exported. A pass is paired with the
+    earlier one sharing the most tokens, at least MIN_SHARED_TOKENS per question on average, with
+    the same shared prefix; a pass is a source or a target, not both. Decided over whole passes,
+    so every process and every resumed run pairs the same way."""
+    pairs: dict[str, tuple[str, int]] = {}
+    if not cfg.share_prefix or not prompts or len(next(iter(prompts.values()))) == 0:
+        return pairs
+    for k, later in enumerate(cfg.passes):
+        best = None
+        for earlier in cfg.passes[:k]:
+            if earlier in pairs or any(src == earlier for src, _ in pairs.values()) or \
+                    contexts[earlier].prefix_ids != contexts[later].prefix_ids:
+                continue
+            n = _handed_tokens(prompts[earlier], prompts[later], len(contexts[later].prefix_ids or ()))
+            if n >= MIN_SHARED_TOKENS * len(prompts[later]) and (best is None or n > best[1]):
+                best = (earlier, n)
+        if best is not None:
+            pairs[later] = best
+            contexts[best[0]].handoff_to, contexts[later].handoff_from = later, best[0]
+    return pairs
 
 
 def _eos_ids(lm: LoadedModel) -> set[int]:
@@ -610,7 +711,14 @@ def _plan_and_prepare(run: RunSetup, prompts: dict[str, Dataset], contexts: dict
         plan.notes.append("shared prompt prefix, run once per pass: " + ", ".join(
             f"{p} {n} tokens ({n * len(prompts[p]) / max(1, pp.prompt_tokens):.0%} of its prompt tokens)"
             for (p, n), pp in zip(shared.items(), plan.passes)) + "; --no_share_prefix turns it off")
-    run_tokens = sum(pp.prompt_tokens - shared[p] * len(prompts[p]) for p, pp in zip(cfg.passes, plan.passes))
+    pairs = _handoff_pairs(cfg, prompts, contexts)  # after the prefixes: a model that cannot share has none
+    for later, (earlier, n) in pairs.items():
+        pp = plan.passes[cfg.passes.index(later)]
+        plan.notes.append(f"{later} runs on {earlier}'s per-question prefixes (its shard i right after {earlier}'s): "
+                          f"{n / max(1, len(prompts[later])):.1f} tokens per question "
+                          f"({n / max(1, pp.prompt_tokens):.0%} of its prompt tokens) not run again")
+    run_tokens = sum(pp.prompt_tokens - shared[p] * len(prompts[p]) - (pairs[p][1] if p in pairs else 0)
+                     for p, pp in zip(cfg.passes, plan.passes))
     first = cfg.passes[0]
     plan.seconds = _warmup_seconds(contexts[first], prompts[first], run_tokens)
     if state.is_main_process:
@@ -630,46 +738,68 @@ def _plan_and_prepare(run: RunSetup, prompts: dict[str, Dataset], contexts: dict
 
 def _write_shards(run: RunSetup, prompts: dict[str, Dataset], contexts: dict[str, PassContext], t_start: float) -> None:
     """Every pass's missing shards of this process: computed by the prefetch thread, in the order
-    they are written, one shard ahead of the writer(s); each pass finalised once all its shards exist."""
+    they are written, one shard ahead of the writer(s); the passes once all their shards exist.
+
+    Shards go in shard order, each shard's passes together (mcq 0, self_conf 0, other_conf 0,
+    mcq 1, ...), so a pass that runs on another's per-question prefixes finds them exported by the
+    shard just before; the prefixes of one shard are held at a time."""
     from tqdm.auto import tqdm
 
     cfg, out, state, lm = run.cfg, run.out, run.state, run.lm
     t_shards = time.perf_counter()
     mine = run.my_shards()
-    jobs = [ShardJob(p, i, *run.shard_rows(i)) for p in cfg.passes if not split_is_final(out, p)
-            for i in mine if not shard_path(out, p, i, run.n_shards).is_file()]
-    compute = lambda job, slot, check_stop: _compute_shard(contexts[job.pass_name], prompts[job.pass_name], job,  # noqa: E731
-                                                           slot, check_stop)
+    open_passes = [p for p in cfg.passes if not split_is_final(out, p)]
+    jobs = [ShardJob(p, i, *run.shard_rows(i)) for i in mine for p in open_passes
+            if not shard_path(out, p, i, run.n_shards).is_file()]
+    todo = {(job.pass_name, job.index) for job in jobs}
+
+    def compute(job: ShardJob, slot: int, check_stop) -> ShardData:
+        ctx = contexts[job.pass_name]
+        if ctx.handoff_from is not None:  # run on the source pass's exports (made again if it is stored already)
+            src = contexts[ctx.handoff_from]
+            ctx.row_prefixes = ctx.handoffs.pop(job.index, None)
+            if ctx.row_prefixes is None:
+                ctx.row_prefixes = _export_again(src, ctx, prompts[src.pass_name], prompts[job.pass_name], job,
+                                                 check_stop)
+        if ctx.handoff_to is not None and (ctx.handoff_to, job.index) in todo:
+            _handoff_plan(ctx, contexts[ctx.handoff_to], prompts[job.pass_name], prompts[ctx.handoff_to], job)
+        try:
+            data = _compute_shard(ctx, prompts[job.pass_name], job, slot, check_stop)
+            if ctx.exported is not None:
+                contexts[ctx.handoff_to].handoffs[job.index] = ctx.exported
+            return data
+        finally:
+            _end_export(ctx)
+            ctx.row_prefixes = None
+
+    features = {p: pass_features(p, len(labels_for_pass(p)), run.layers, lm.hidden_size, cfg.act_dtype)
+                for p in open_passes}
     writers = ShardWriters(_writer_count(run.device, cfg))
     try:
         with ShardPrefetcher(jobs, compute, device=run.device, slots=writers.n + 1) as prefetch:
-            for pass_name in cfg.passes:
-                if split_is_final(out, pass_name):
-                    continue
-                features = pass_features(pass_name, len(labels_for_pass(pass_name)), run.layers, lm.hidden_size,
-                                         cfg.act_dtype)
-                bar = tqdm(total=len(mine), desc=f"{pass_name} (shards)", unit="shard",
-                           disable=not state.is_local_main_process)
-                for i in mine:
-                    path = shard_path(out, pass_name, i, run.n_shards)
-                    if not path.is_file():
-                        result = prefetch.take()
-                        if (result.job.pass_name, result.job.index) != (pass_name, i):
-                            prefetch.release(result)
-                            raise RuntimeError(f"inference thread out of step: it computed {result.job.pass_name} "
-                                               f"shard {result.job.index}, the writer is at {pass_name} shard {i}")
-                        writers.submit(_write_shard, prefetch, result, contexts[pass_name], features,
-                                       prompts[pass_name], path, f"{run.run_id}-{pass_name}-{i:05d}")
-                    bar.update(1)
-                writers.drain()
-                bar.close()
-                state.wait_for_everyone()
-                if state.is_main_process:
+            bar = tqdm(total=len(mine) * len(open_passes), initial=len(mine) * len(open_passes) - len(jobs),
+                       desc="shards", unit="shard", disable=not state.is_local_main_process)
+            for job in jobs:
+                result = prefetch.take()
+                if (result.job.pass_name, result.job.index) != (job.pass_name, job.index):
+                    prefetch.release(result)
+                    raise RuntimeError(f"inference thread out of step: it computed {result.job.pass_name} "
+                                       f"shard {result.job.index}, the writer is at {job.pass_name} shard {job.index}")
+                bar.set_postfix_str(f"{job.pass_name} {job.index}")
+                writers.submit(_write_shard, prefetch, result, contexts[job.pass_name], features[job.pass_name],
+                               prompts[job.pass_name], shard_path(out, job.pass_name, job.index, run.n_shards),
+                               f"{run.run_id}-{job.pass_name}-{job.index:05d}")
+                bar.update(1)
+            writers.drain()
+            bar.close()
+            state.wait_for_everyone()
+            if state.is_main_process:
+                for pass_name in open_passes:
                     description = (f"hf_introspect {PROMPT_TYPES[pass_name]} pass of {lm.source.model_name} "
                                    f"({lm.checkpoint_id}); {RESIDUAL_DOC}; label token ids {run.label_ids[pass_name]}")
                     finalize_split(out, pass_name, run.n_shards, len(run.questions), f"{run.run_id}-{pass_name}",
                                    description)
-                state.wait_for_everyone()
+            state.wait_for_everyone()
         if jobs:
             # Which side bounds the run: a writer that waits means inference is the bottleneck.
             logger.info("%s; setup (prompts, plan, warm-up batch) took %.1f s, the shards %.1f s",

@@ -109,8 +109,9 @@ def test_full_disk_keeps_finished_shards_and_resumes(reference, tiny_model_dir, 
     rc = collect_main(cli_args(tiny_model_dir, qfile, out))
     err = capsys.readouterr().err
     assert rc == 2 and "disk full" in err and "Traceback" not in err
-    shards = sorted(p.name for p in (out / "mcq").glob("data-*.arrow"))
-    assert shards == [f"data-{i:05d}-of-00012.arrow" for i in range(3)]
+    # shards go in shard order, the passes of a shard together: shard 0 of each pass got written
+    shards = sorted(f"{p.parent.name}/{p.name}" for p in out.glob("*/data-*.arrow"))
+    assert shards == [f"{p}/data-00000-of-00012.arrow" for p in ("mcq", "other_conf", "self_conf")]
     assert not list(out.glob("*/tmp*"))
     monkeypatch.setattr(ArrowWriter, "write_table", real)
     assert collect_main(cli_args(tiny_model_dir, qfile, out)) == 0

@@ -96,11 +96,22 @@ def test_collect_shares_the_prefix_with_the_same_values(tiny_model_dir, tmp_path
                             max_new_tokens=3, act_dtype="float32", **kw)
         return collect(cfg, questions=make_questions())
 
+    handed = []
+    real_launch = collector.launch_batch
+
+    def launch_spy(net, seqs, **kw):
+        handed.append((kw["row_prefix"] is not None, kw["export"] is not None))
+        return real_launch(net, seqs, **kw)
+
+    monkeypatch.setattr(collector, "launch_batch", launch_spy)
     shared = run("shared")
     assert len(calls) == 3 and min(calls) >= 8  # once per pass (the warm-up batch included)
+    # other_conf ran every batch on self_conf's exported per-question prefixes
+    assert sum(r for r, _ in handed) >= 4 and sum(e for _, e in handed) >= 4
     calls.clear()
+    handed.clear()
     whole = run("whole", share_prefix=False)
-    assert not calls
+    assert not calls and not any(r or e for r, e in handed)
     for p in shared:
         a, b = shared[p].with_format("numpy", dtype=None), whole[p].with_format("numpy", dtype=None)
         assert a["output_text"] == b["output_text"]
@@ -267,3 +278,42 @@ def test_row_prefix_checks_its_tokens_and_needs_hidden_states_for_kept_positions
     with pytest.raises(ValueError, match="row prefix's tokens"):
         run_batch(net, other, **args(other, keep_positions=last, row_prefix=store.for_rows([0, 1, 2, 3])))
     assert store.for_rows([0, 7]) is None  # a row nothing was exported for: run whole
+
+
+def test_a_resumed_pass_gets_its_handed_prefixes_again_bit_exactly(tiny_model_dir, tmp_path, monkeypatch):
+    """Interrupted after self_conf's shard 0 is stored but before other_conf's: the resumed run runs
+    self_conf's prompt forwards of that shard again (nothing stored) and equals an uninterrupted run."""
+    from hf_introspect import collector
+    from hf_introspect.collector import collect
+    from hf_introspect.config import CollectConfig
+
+    from .test_collector import make_questions
+
+    def cfg(name):
+        return CollectConfig(output_dir=str(tmp_path / name), model=str(tiny_model_dir), batch_size=3, save_every=2,
+                             max_new_tokens=3)
+
+    reference = collect(cfg("reference"), questions=make_questions())
+    real_launch = collector.launch_batch
+
+    def interrupt_on_handed(net, seqs, **kw):
+        if kw["row_prefix"] is not None:
+            raise KeyboardInterrupt
+        return real_launch(net, seqs, **kw)
+
+    monkeypatch.setattr(collector, "launch_batch", interrupt_on_handed)
+    with pytest.raises(KeyboardInterrupt):
+        collect(cfg("run"), questions=make_questions())
+    shards = tmp_path / "run"
+    assert any((shards / "self_conf").glob("*00000-of-*")) and not any((shards / "other_conf").glob("*00000-of-*"))
+    monkeypatch.setattr(collector, "launch_batch", real_launch)
+    again = []
+    real_again = collector._export_again
+    monkeypatch.setattr(collector, "_export_again", lambda *a: again.append(a[-2].index) or real_again(*a))
+    resumed = collect(cfg("run"), questions=make_questions())
+    assert again == [0]  # only the shard whose source was stored before the interruption
+    for name in reference:
+        a, b = reference[name].with_format("numpy", dtype=None), resumed[name].with_format("numpy", dtype=None)
+        for col in a.column_names:
+            for x, y in zip(a[col], b[col]):
+                np.testing.assert_array_equal(x, y)

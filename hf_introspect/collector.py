@@ -687,6 +687,19 @@ class RunSetup:
         return [i for i in range(self.n_shards) if i % self.state.num_processes == self.state.process_index]
 
 
+def _handoff_bytes_per_token(run: RunSetup, cfg: CollectConfig) -> int:
+    """Bytes a handed prefix holds per token: every block's keys and values, plus the stored
+    layers' hidden states (an upper bound: they are kept only where the later pass stores a
+    position among those tokens)."""
+    conf = run.lm.model.config
+    heads = getattr(conf, "num_attention_heads", 1)
+    head_dim = getattr(conf, "head_dim", None) or run.lm.hidden_size // heads
+    kv_heads = getattr(conf, "num_key_value_heads", None) or heads
+    model_bytes = next(run.lm.model.parameters()).element_size()
+    return (run.lm.num_layers * 2 * kv_heads * head_dim * model_bytes
+            + len(run.layers) * run.lm.hidden_size * np.dtype(cfg.act_dtype).itemsize)
+
+
 def _plan_and_prepare(run: RunSetup, prompts: dict[str, Dataset], contexts: dict[str, PassContext]) -> Plan:
     """Print the plan (sizes, free disk, time from a warm-up batch); unless it is a dry run, check it
     fits and prepare the output folder (run_config.json, partial files of an interrupted run removed)."""
@@ -714,9 +727,13 @@ def _plan_and_prepare(run: RunSetup, prompts: dict[str, Dataset], contexts: dict
     pairs = _handoff_pairs(cfg, prompts, contexts)  # after the prefixes: a model that cannot share has none
     for later, (earlier, n) in pairs.items():
         pp = plan.passes[cfg.passes.index(later)]
+        per_q = n / max(1, len(prompts[later]))
+        held = per_q * min(cfg.shard_rows, len(run.questions)) * _handoff_bytes_per_token(run, cfg)
+        where = "host" if run.device.type == "cpu" else "GPU"
         plan.notes.append(f"{later} runs on {earlier}'s per-question prefixes (its shard i right after {earlier}'s): "
-                          f"{n / max(1, len(prompts[later])):.1f} tokens per question "
-                          f"({n / max(1, pp.prompt_tokens):.0%} of its prompt tokens) not run again")
+                          f"{per_q:.1f} tokens per question ({n / max(1, pp.prompt_tokens):.0%} of its prompt "
+                          f"tokens) not run again; one shard's prefixes held at a time, up to ~{fmt_bytes(held)} "
+                          f"of {where} memory")
     run_tokens = sum(pp.prompt_tokens - shared[p] * len(prompts[p]) - (pairs[p][1] if p in pairs else 0)
                      for p, pp in zip(cfg.passes, plan.passes))
     first = cfg.passes[0]

@@ -147,6 +147,13 @@ def test_plan_states_the_shared_prefix_and_the_flag_turns_it_off(tiny_model_dir,
     off = config_from_args(parser.parse_args(argv + ["--no_share_prefix"]))
     assert off.share_prefix is False
     assert not [n for n in collect(off, questions=make_questions()).notes if n.startswith("shared prompt prefix")]
+    # all passes: the hand-off between the confidence passes, with the memory it holds
+    argv = argv[:-2]
+    plan = collect(config_from_args(parser.parse_args(argv)), questions=make_questions())
+    handoff = [n for n in plan.notes if n.startswith("other_conf runs on self_conf's per-question prefixes")]
+    assert len(handoff) == 1 and "tokens per question" in handoff[0] and "of host memory" in handoff[0]
+    off = collect(config_from_args(parser.parse_args(argv + ["--no_share_prefix"])), questions=make_questions())
+    assert not [n for n in off.notes if "per-question prefixes" in n]
 
 
 def test_shared_prefix_ids_scan_in_blocks_equals_the_plain_definition(tiny_model_dir, tmp_path, monkeypatch):

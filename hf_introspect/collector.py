@@ -323,7 +323,8 @@ def _export_again(src: PassContext, dst: PassContext, src_prompts: Dataset, dst_
                   check_stop) -> HandoffStore:
     """The row prefixes of a shard whose source pass is already stored (a resumed run): the source's
     prompt forwards run again, in the same micro-batches, storing nothing, so the handed values are
-    bit-identical to an uninterrupted run's."""
+    bit-identical to an uninterrupted run's (as long as the micro-batch size is the same: one
+    halved by out of memory in the first attempt is not remembered, as for any resumed shard)."""
     _handoff_plan(src, dst, src_prompts, dst_prompts, job)
     seqs, qids, _, order = _shard_rows(src, src_prompts, job)
     src.prompt_only = True
@@ -332,7 +333,8 @@ def _export_again(src: PassContext, dst: PassContext, src_prompts: Dataset, dst_
                           export=True)
     finally:
         src.prompt_only = False
-    return _end_export(src)
+        store = _end_export(src)  # also on an error: no export plan or held prefixes left behind
+    return store
 
 
 def _shard_table(ctx: PassContext, features: Features, batch: pa.Table, data: ShardData) -> pa.Table:
@@ -509,6 +511,10 @@ def _handoff_pairs(cfg: CollectConfig, prompts: dict[str, Dataset], contexts: di
     so every process and every resumed run pairs the same way."""
     pairs: dict[str, tuple[str, int]] = {}
     if not cfg.share_prefix or not prompts or len(next(iter(prompts.values()))) == 0:
+        return pairs
+    first = next(iter(contexts.values()))
+    # Sliding-window, quantized... caches cannot be exported: probe with a 2-token forward.
+    if compute_shared_prefix(first.lm.model, prompts[first.pass_name][0]["input_ids"][:2], []) is None:
         return pairs
     for k, later in enumerate(cfg.passes):
         best = None

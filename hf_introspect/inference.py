@@ -442,13 +442,18 @@ def _export_rows(out, hidden, sequences, P: int, Q: np.ndarray, width: int, expo
     pad = width - (np.array([len(s) for s in sequences]) - P - Q)  # (batch,) left padding of this forward
     k_idx = np.arange(L)[None, :] - (L - n)[:, None]  # (batch, L) index among the row's tokens, < 0: padding
     hcols = pad[:, None] + np.clip(k_idx, 0, None)  # (batch, L) column in this forward's output
-    device = kv[0][0].device
-    rows_t = to_device(np.arange(b)[:, None], device)
-    cache_cols = to_device(kv[0][0].shape[2] - width + hcols, device)  # the cache holds the prefixes first
+    cache_cols = kv[0][0].shape[2] - width + hcols  # (batch, L) the cache holds the prefixes first
+    index: dict = {}  # device -> (rows, cols) there: with device_map="auto" blocks live on several devices
+
+    def at(dev) -> tuple[torch.Tensor, torch.Tensor]:
+        if dev not in index:
+            index[dev] = (to_device(np.arange(b)[:, None], dev), to_device(cache_cols, dev))
+        return index[dev]
+
     # keys[rows, :, cols] -> (batch, L, kv_heads, head_dim) -> (batch, kv_heads, L, head_dim)
-    kv_rows = [(k[rows_t, :, cache_cols].transpose(1, 2).contiguous(), v[rows_t, :, cache_cols].transpose(1, 2).contiguous())
-               for k, v in kv]
-    mask = to_device(torch.as_tensor(k_idx >= 0, dtype=torch.long), device)
+    kv_rows = [(k[at(k.device)[0], :, at(k.device)[1]].transpose(1, 2).contiguous(),
+                v[at(v.device)[0], :, at(v.device)[1]].transpose(1, 2).contiguous()) for k, v in kv]
+    mask = to_device(torch.as_tensor(k_idx >= 0, dtype=torch.long), kv[0][0].device)
     hid = None
     if layers is not None:
         hid = {}

@@ -105,7 +105,8 @@ def test_collect_shares_the_prefix_with_the_same_values(tiny_model_dir, tmp_path
 
     monkeypatch.setattr(collector, "launch_batch", launch_spy)
     shared = run("shared")
-    assert len(calls) == 3 and min(calls) >= 8  # once per pass (the warm-up batch included)
+    # once per pass (the warm-up batch included), plus the 2-token probe of the cache before pairing passes
+    assert len(calls) == 4 and calls.count(2) == 1 and sum(c >= 8 for c in calls) == 3
     # other_conf ran every batch on self_conf's exported per-question prefixes
     assert sum(r for r, _ in handed) >= 4 and sum(e for _, e in handed) >= 4
     calls.clear()
@@ -193,9 +194,10 @@ def test_a_model_whose_cache_cannot_be_shared_runs_whole_prompts(tiny_model_dir,
     from .test_collector import make_questions
 
     monkeypatch.setattr(collector, "compute_shared_prefix", lambda net, ids, layers: None)  # e.g. sliding windows
-    cfg = CollectConfig(output_dir=str(tmp_path / "r"), model=str(tiny_model_dir), passes=("mcq",), dry_run=True)
+    cfg = CollectConfig(output_dir=str(tmp_path / "r"), model=str(tiny_model_dir), dry_run=True)
     plan = collect(cfg, questions=make_questions())
     assert not [n for n in plan.notes if n.startswith("shared prompt prefix")]  # the plan does not claim it
+    assert not [n for n in plan.notes if "per-question prefixes" in n]  # nor a hand-off between passes
 
 
 def test_resuming_with_the_other_prefix_setting_is_refused(tiny_model_dir, tmp_path):

@@ -165,6 +165,13 @@ def _cache_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
     return [(layer.keys, layer.values) for layer in layers]
 
 
+def pad_left(t: torch.Tensor, dim: int, width: int) -> torch.Tensor:
+    """``t`` zero-padded on the left of dimension ``dim`` to ``width`` (caches and masks of
+    left-padded rows keep their real tokens right-aligned)."""
+    pad = [0, 0] * (t.dim() - 1 - dim) + [width - t.shape[dim], 0]
+    return torch.nn.functional.pad(t, pad)
+
+
 def merge_decode_states(states: list[DecodeState]) -> DecodeState | None:
     """One decode batch from several prompt batches: every cache and mask left-padded (with masked
     zeros) to the longest prompt and stacked along the batch. Positions are unaffected: decode
@@ -188,9 +195,8 @@ def merge_decode_states(states: list[DecodeState]) -> DecodeState | None:
     del per_state  # no references to the sources beyond the caches: each layer is freed once merged
     width = max(s.mask.shape[1] for s in states)
 
-    def left(t: torch.Tensor, dim: int) -> torch.Tensor:  # zero-pad dimension `dim` on the left to `width`
-        pad = [0, 0] * (t.dim() - 1 - dim) + [width - t.shape[dim], 0]
-        return torch.nn.functional.pad(t, pad)
+    def left(t: torch.Tensor, dim: int) -> torch.Tensor:
+        return pad_left(t, dim, width)
 
     merged = DynamicCache()
     for i in range(n_layers):
@@ -376,7 +382,7 @@ def launch_batch(net, sequences: list[list[int]], *, pad_id: int, label_ids: dic
         if from_row.any():
             rh = row_prefix.hidden[i]
             kept[j].index_copy_(0, dst["row"], rh[at("row", rh.device)].to(device=device, dtype=dtype))
-    handoff = _export_rows(out, hidden, sequences, P, Q, width, export, layers if export_hidden else None, dtype) \
+    handoff = _export_rows(out, hidden, sequences, P, width, export, layers if export_hidden else None, dtype) \
         if export is not None and max(export, default=0) > 0 else None
     del hidden
     # Non-finite values after the cast (float16 overflow), per row and layer: (batch, n_stored).
@@ -424,8 +430,7 @@ def _prefix_cache(prefix, row_prefix, b: int):
     return cache
 
 
-def _export_rows(out, hidden, sequences, P: int, Q: np.ndarray, width: int, export: list[int],
-                 layers: list[int] | None, dtype):
+def _export_rows(out, hidden, sequences, P: int, width: int, export: list[int], layers: list[int] | None, dtype):
     """Row r's first ``export[r]`` tokens after the shared prefix, from this forward: keys/values of
     every block and (``layers`` given) those layers' hidden states, as a RowPrefix right-aligned in
     the width of the longest. None when the cache is not a plain DynamicCache."""
@@ -435,19 +440,18 @@ def _export_rows(out, hidden, sequences, P: int, Q: np.ndarray, width: int, expo
     if kv is None:
         return None
     n = np.asarray(export, dtype=np.int64)  # (batch,)
-    if (n > np.array([len(s) for s in sequences]) - P - Q).any():
+    own = np.array([len(s) for s in sequences]) - P  # (batch,) tokens each row ran in this forward
+    if (n > own).any():
         raise ValueError("launch_batch: export reaches past a row's tokens")
-    L = int(n.max())
-    b = len(sequences)
-    pad = width - (np.array([len(s) for s in sequences]) - P - Q)  # (batch,) left padding of this forward
+    L, b = int(n.max()), len(sequences)
     k_idx = np.arange(L)[None, :] - (L - n)[:, None]  # (batch, L) index among the row's tokens, < 0: padding
-    hcols = pad[:, None] + np.clip(k_idx, 0, None)  # (batch, L) column in this forward's output
+    hcols = (width - own)[:, None] + np.clip(k_idx, 0, None)  # (batch, L) column in this forward's output
     cache_cols = kv[0][0].shape[2] - width + hcols  # (batch, L) the cache holds the prefixes first
-    index: dict = {}  # device -> (rows, cols) there: with device_map="auto" blocks live on several devices
+    index: dict = {}  # device -> (rows, cache cols, hidden cols): with device_map="auto" blocks live on several
 
-    def at(dev) -> tuple[torch.Tensor, torch.Tensor]:
+    def at(dev) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if dev not in index:
-            index[dev] = (to_device(np.arange(b)[:, None], dev), to_device(cache_cols, dev))
+            index[dev] = tuple(to_device(a, dev) for a in (np.arange(b)[:, None], cache_cols, hcols))
         return index[dev]
 
     # keys[rows, :, cols] -> (batch, L, kv_heads, head_dim) -> (batch, kv_heads, L, head_dim)
@@ -455,12 +459,9 @@ def _export_rows(out, hidden, sequences, P: int, Q: np.ndarray, width: int, expo
                 v[at(v.device)[0], :, at(v.device)[1]].transpose(1, 2).contiguous()) for k, v in kv]
     mask = to_device(torch.as_tensor(k_idx >= 0, dtype=torch.long), kv[0][0].device)
     hid = None
-    if layers is not None:
-        hid = {}
-        for i in layers:
-            h = hidden[i]
-            hid[i] = h[to_device(np.arange(b)[:, None], h.device), to_device(hcols, h.device)].to(dtype)  # (batch, L, hidden)
-    tokens = [list(s[P + q:P + q + m]) for s, q, m in zip(sequences, Q, n)]
+    if layers is not None:  # (batch, L, hidden) per stored layer
+        hid = {i: hidden[i][at(hidden[i].device)[0], at(hidden[i].device)[2]].to(dtype) for i in layers}
+    tokens = [list(s[P:P + m]) for s, m in zip(sequences, n)]
     return RowPrefix(tokens, kv_rows, mask, hid)
 
 

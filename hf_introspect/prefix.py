@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .inference import _cache_of, _cache_tensors, forward_hidden, to_device
+from .inference import _cache_of, _cache_tensors, forward_hidden, pad_left, to_device
 
 # Below this many shared tokens a separate prefix forward is not worth its fixed cost.
 MIN_SHARED_TOKENS = 8
@@ -144,9 +144,8 @@ def select_rows(parts: list[tuple[RowPrefix, int]]) -> RowPrefix:
     width = max(len(p.tokens[r]) for p, r in parts)
 
     def row(t: torch.Tensor, p: RowPrefix, r: int, dim: int) -> torch.Tensor:
-        piece = t[r:r + 1].narrow(dim, p.width - len(p.tokens[r]), len(p.tokens[r]))  # real tokens only
-        pad = [0, 0] * (t.dim() - 1 - dim) + [width - piece.shape[dim], 0]
-        return torch.nn.functional.pad(piece, pad)
+        real = t[r:r + 1].narrow(dim, p.width - len(p.tokens[r]), len(p.tokens[r]))  # real tokens only
+        return pad_left(real, dim, width)
 
     kv = [(torch.cat([row(p.kv[i][0], p, r, 2) for p, r in parts]), torch.cat([row(p.kv[i][1], p, r, 2) for p, r in parts]))
           for i in range(len(first.kv))]

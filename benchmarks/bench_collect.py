@@ -279,6 +279,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch_size", type=int, default=4)
     ap.add_argument("--max_new_tokens", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (see the module docstring)")
+    ap.add_argument("--dtype", default="auto", help="model dtype for both sides (auto = float32 on a CPU)")
     ap.add_argument("--repeats", type=int, default=1, help="main-size runs per side, in ABBA order; median reported")
     ap.add_argument("--cprofile", default=None, help="also cProfile the (last) hf_introspect run into this file")
     ap.add_argument("--hf_patch", default=None,
@@ -306,7 +307,7 @@ def main(argv=None) -> int:
     ds_logging.disable_progress_bar()
     print(f"load average at start {load()}  cpus {os.cpu_count()}  torch threads {args.threads}", flush=True)
     t0 = time.perf_counter()
-    lm = load_model(None)
+    lm = load_model(None, dtype=args.dtype)
     qs_all = load_questions(None, num_questions=args.num_questions, seed=0)
     print(f"model {lm.source.model_name} ({lm.num_layers} layers, hidden {lm.hidden_size}, "
           f"{next(lm.model.parameters()).dtype}) + {len(qs_all)} questions loaded in "

@@ -141,7 +141,8 @@ def load_model(model: str | None, *, lora_checkpoint: str | None = None, dtype: 
     src = resolve_model_source(model)
     adapter = _check_adapter(lora_checkpoint) if lora_checkpoint else None
     if dtype == "auto":
-        # CPU kernels for half types are slow and less accurate: float32 there, bfloat16 on GPU.
+        # float32 on a CPU: half types are slow there except on AVX512-BF16/AMX cores, and even there
+        # they move probabilities by up to ~0.05 and depend on batching (README, bfloat16 on a CPU).
         on_gpu = (device is not None and str(device).startswith("cuda")) or device_map is not None
         torch_dtype = torch.bfloat16 if on_gpu else torch.float32
     elif dtype in DTYPES:

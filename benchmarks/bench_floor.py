@@ -63,7 +63,7 @@ def linear_shapes(cfg) -> list[tuple[int, int, int]]:
 def prompt_tokens(prompts: dict) -> dict:
     """Tokens each side runs: every prompt whole (reference) vs what the collector skips, counted
     with the collector's own helpers (``prompts``: pass -> prompt Dataset)."""
-    from hf_introspect.collector import MIN_SHARED_TOKENS, _handed_tokens, _shared_prefix_ids
+    from hf_introspect.collector import MIN_SHARED_TOKENS, _handed_lengths, _shared_prefix_ids
     from hf_introspect.config import CollectConfig
 
     cfg = CollectConfig(output_dir="unused")
@@ -74,7 +74,7 @@ def prompt_tokens(prompts: dict) -> dict:
     # default templates (same shared prefix, >= MIN_SHARED_TOKENS per question).
     handed = 0
     if {"self_conf", "other_conf"} <= prompts.keys() and shared["self_conf"] == shared["other_conf"]:
-        handed = _handed_tokens(prompts["self_conf"], prompts["other_conf"], shared["other_conf"])
+        handed = int(_handed_lengths(prompts["self_conf"], prompts["other_conf"], shared["other_conf"]).sum())
         handed = handed if handed >= MIN_SHARED_TOKENS * len(prompts["other_conf"]) else 0
     ref = sum(whole.values())
     return {"reference": ref, "hf": ref - saved_prefix - handed, "shared_prefix_saved": saved_prefix,

@@ -309,8 +309,14 @@ def _handoff_plan(src: PassContext, dst: PassContext, src_prompts: Dataset, dst_
     dst_seqs, _, dst_positions, _ = _shard_rows(dst, dst_prompts, job)
     P = len(src.prefix_ids or ())
     src.export_lengths = handoff_lengths(src_seqs, dst_seqs, P)
-    src.export_hidden = any(((p >= P) & (p < P + q)).any() for p, q in zip(dst_positions, src.export_lengths))
+    src.export_hidden = _exports_hidden(dst_positions, src.export_lengths, P)
     src.exported = HandoffStore()
+
+
+def _exports_hidden(dst_positions: list[np.ndarray], lengths, P: int) -> bool:
+    """Whether a shard's handed prefixes carry hidden states: only if the later pass stores a
+    position among the handed tokens (P .. P + length - 1) of some row."""
+    return any(((p >= P) & (p < P + q)).any() for p, q in zip(dst_positions, lengths))
 
 
 def _end_export(src: PassContext) -> HandoffStore:
@@ -489,19 +495,20 @@ def _shared_prefix_ids(cfg: CollectConfig, prompts: Dataset) -> list[int] | None
     return first[:n].tolist() if n >= MIN_SHARED_TOKENS else None
 
 
-def _handed_tokens(src: Dataset, dst: Dataset, shared: int) -> int:
-    """Tokens of ``dst``'s prompts that ``src``'s prompts for the same questions share after the
-    first ``shared`` (read in blocks)."""
+def _handed_lengths(src: Dataset, dst: Dataset, shared: int) -> np.ndarray:
+    """Per question, the tokens of ``dst``'s prompt that ``src``'s prompt for the same question
+    shares after the first ``shared`` (read in blocks). (rows,) int64"""
     a, b = src.with_format("arrow"), dst.with_format("arrow")
-    total = 0
-    for lo in range(0, len(src), PREFIX_SCAN_ROWS):
-        total += sum(handoff_lengths(a[lo:lo + PREFIX_SCAN_ROWS].column("input_ids").to_pylist(),
-                                     b[lo:lo + PREFIX_SCAN_ROWS].column("input_ids").to_pylist(), shared))
-    return total
+    parts = [handoff_lengths(a[lo:lo + PREFIX_SCAN_ROWS].column("input_ids").to_pylist(),
+                             b[lo:lo + PREFIX_SCAN_ROWS].column("input_ids").to_pylist(), shared)
+             for lo in range(0, len(src), PREFIX_SCAN_ROWS)]
+    return np.asarray([n for part in parts for n in part], dtype=np.int64)
 
 
-def _handoff_pairs(cfg: CollectConfig, prompts: dict[str, Dataset], contexts: dict[str, PassContext]) -> dict[str, tuple[str, int]]:
-    """Which pass runs on which earlier pass's per-question prefixes: ``{later: (earlier, tokens)}``.
+def _handoff_pairs(cfg: CollectConfig, prompts: dict[str, Dataset],
+                   contexts: dict[str, PassContext]) -> dict[str, tuple[str, np.ndarray]]:
+    """Which pass runs on which earlier pass's per-question prefixes: ``{later: (earlier, lengths)}``,
+    ``lengths`` (rows,) being each question's tokens not run again.
 
     With the default templates ``other_conf`` repeats ``self_conf``'s prompt up to "Instead,"
     (system turn, question, options: ~76 of ~190 tokens with SmolLM2), so its shard i runs only
@@ -509,7 +516,7 @@ def _handoff_pairs(cfg: CollectConfig, prompts: dict[str, Dataset], contexts: di
     earlier one sharing the most tokens, at least MIN_SHARED_TOKENS per question on average, with
     the same shared prefix; a pass is a source or a target, not both. Decided over whole passes,
     so every process and every resumed run pairs the same way."""
-    pairs: dict[str, tuple[str, int]] = {}
+    pairs: dict[str, tuple[str, np.ndarray]] = {}
     if not cfg.share_prefix or not prompts or len(next(iter(prompts.values()))) == 0:
         return pairs
     first = next(iter(contexts.values()))
@@ -522,9 +529,10 @@ def _handoff_pairs(cfg: CollectConfig, prompts: dict[str, Dataset], contexts: di
             if earlier in pairs or any(src == earlier for src, _ in pairs.values()) or \
                     contexts[earlier].prefix_ids != contexts[later].prefix_ids:
                 continue
-            n = _handed_tokens(prompts[earlier], prompts[later], len(contexts[later].prefix_ids or ()))
-            if n >= MIN_SHARED_TOKENS * len(prompts[later]) and (best is None or n > best[1]):
-                best = (earlier, n)
+            lengths = _handed_lengths(prompts[earlier], prompts[later], len(contexts[later].prefix_ids or ()))
+            n = int(lengths.sum())
+            if n >= MIN_SHARED_TOKENS * len(prompts[later]) and (best is None or n > int(best[1].sum())):
+                best = (earlier, lengths)
         if best is not None:
             pairs[later] = best
             contexts[best[0]].handoff_to, contexts[later].handoff_from = later, best[0]
@@ -693,17 +701,37 @@ class RunSetup:
         return [i for i in range(self.n_shards) if i % self.state.num_processes == self.state.process_index]
 
 
-def _handoff_bytes_per_token(run: RunSetup, cfg: CollectConfig) -> int:
-    """Bytes a handed prefix holds per token: every block's keys and values, plus the stored
-    layers' hidden states (an upper bound: they are kept only where the later pass stores a
-    position among those tokens)."""
+def _handoff_bytes_per_token(run: RunSetup, cfg: CollectConfig) -> tuple[int, int]:
+    """Bytes a handed prefix holds per token: every block's keys and values, and the stored layers'
+    hidden states (kept only where the later pass stores a position among those tokens)."""
     conf = run.lm.model.config
     heads = getattr(conf, "num_attention_heads", 1)
     head_dim = getattr(conf, "head_dim", None) or run.lm.hidden_size // heads
     kv_heads = getattr(conf, "num_key_value_heads", None) or heads
     model_bytes = next(run.lm.model.parameters()).element_size()
-    return (run.lm.num_layers * 2 * kv_heads * head_dim * model_bytes
-            + len(run.layers) * run.lm.hidden_size * np.dtype(cfg.act_dtype).itemsize)
+    return (run.lm.num_layers * 2 * kv_heads * head_dim * model_bytes,
+            len(run.layers) * run.lm.hidden_size * np.dtype(cfg.act_dtype).itemsize)
+
+
+def _handoff_held_bytes(run: RunSetup, src: Dataset, dst: Dataset, lengths: np.ndarray, P: int) -> int:
+    """The most any shard's handed prefixes hold at once (``HandoffStore.nbytes``): the source
+    pass exports per micro-batch (rows longest prompt first, as ``_shard_rows`` orders them), each
+    as wide as its longest handed prefix, so the padding counts too. Assumes the starting
+    micro-batch size (out-of-memory back-off only makes micro-batches, hence padding, smaller)."""
+    cfg = run.cfg
+    kv_bytes, hidden_bytes = _handoff_bytes_per_token(run, cfg)
+    src_len, dst_len = np.asarray(src["seq_len"]), np.asarray(dst["seq_len"])
+    spans = dst["question_token_span"]
+    most = 0
+    for i in range(run.n_shards):
+        lo, hi = run.shard_rows(i)
+        order = sorted(range(lo, hi), key=lambda r: -src_len[r])
+        width = sum(len(c) * int(lengths[c].max()) for c in
+                    (order[k:k + run.micro_batch] for k in range(0, len(order), run.micro_batch)))
+        positions = [kept_positions(cfg.positions, int(dst_len[r]), tuple(spans[r])) for r in range(lo, hi)]
+        per_token = kv_bytes + (hidden_bytes if _exports_hidden(positions, lengths[lo:hi], P) else 0)
+        most = max(most, width * per_token)
+    return most
 
 
 def _plan_and_prepare(run: RunSetup, prompts: dict[str, Dataset], contexts: dict[str, PassContext]) -> Plan:
@@ -731,16 +759,16 @@ def _plan_and_prepare(run: RunSetup, prompts: dict[str, Dataset], contexts: dict
             f"{p} {n} tokens ({n * len(prompts[p]) / max(1, pp.prompt_tokens):.0%} of its prompt tokens)"
             for (p, n), pp in zip(shared.items(), plan.passes)) + "; --no_share_prefix turns it off")
     pairs = _handoff_pairs(cfg, prompts, contexts)  # after the prefixes: a model that cannot share has none
-    for later, (earlier, n) in pairs.items():
-        pp = plan.passes[cfg.passes.index(later)]
+    for later, (earlier, lengths) in pairs.items():
+        pp, n = plan.passes[cfg.passes.index(later)], int(lengths.sum())
         per_q = n / max(1, len(prompts[later]))
-        held = per_q * min(cfg.shard_rows, len(run.questions)) * _handoff_bytes_per_token(run, cfg)
+        held = _handoff_held_bytes(run, prompts[earlier], prompts[later], lengths, shared[later])
         where = "host" if run.device.type == "cpu" else "GPU"
         plan.notes.append(f"{later} runs on {earlier}'s per-question prefixes (its shard i right after {earlier}'s): "
                           f"{per_q:.1f} tokens per question ({n / max(1, pp.prompt_tokens):.0%} of its prompt "
-                          f"tokens) not run again; one shard's prefixes held at a time, up to ~{fmt_bytes(held)} "
+                          f"tokens) not run again; one shard's prefixes held at a time, up to {fmt_bytes(held)} "
                           f"of {where} memory")
-    run_tokens = sum(pp.prompt_tokens - shared[p] * len(prompts[p]) - (pairs[p][1] if p in pairs else 0)
+    run_tokens = sum(pp.prompt_tokens - shared[p] * len(prompts[p]) - (int(pairs[p][1].sum()) if p in pairs else 0)
                      for p, pp in zip(cfg.passes, plan.passes))
     first = cfg.passes[0]
     plan.seconds = _warmup_seconds(contexts[first], prompts[first], run_tokens)

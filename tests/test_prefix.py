@@ -326,3 +326,40 @@ def test_a_resumed_pass_gets_its_handed_prefixes_again_bit_exactly(tiny_model_di
         for col in a.column_names:
             for x, y in zip(a[col], b[col]):
                 np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("positions", ["all", "last"])
+def test_plan_states_the_exact_memory_the_handed_prefixes_hold(tiny_model_dir, tmp_path, monkeypatch, positions):
+    """The plan's "up to X of host memory" is the largest HandoffStore of the run, to the byte:
+    padding inside each micro-batch included, hidden states only where the later pass stores them."""
+    from hf_introspect import collector, prefix
+    from hf_introspect.collector import collect
+    from hf_introspect.config import CollectConfig
+    from hf_introspect.planning import fmt_bytes
+
+    from .test_collector import make_questions
+
+    stated, handed, peak = [], [], [0]
+    real_held, real_add = collector._handoff_held_bytes, prefix.HandoffStore.add
+
+    def held(run, src, dst, lengths, P):
+        handed.append(lengths)
+        stated.append(real_held(run, src, dst, lengths, P))
+        return stated[-1]
+
+    monkeypatch.setattr(collector, "_handoff_held_bytes", held)
+
+    def add(store, rows, part):
+        real_add(store, rows, part)
+        peak[0] = max(peak[0], store.nbytes())
+
+    monkeypatch.setattr(prefix.HandoffStore, "add", add)
+    cfg = CollectConfig(output_dir=str(tmp_path / "run"), model=str(tiny_model_dir), batch_size=3, save_every=2,
+                        max_new_tokens=0, positions=positions)
+    plan = collect(CollectConfig(**{**cfg.__dict__, "dry_run": True}), questions=make_questions())
+    note = next(n for n in plan.notes if "per-question prefixes" in n)
+    collect(cfg, questions=make_questions())
+    assert len(stated) == 2 and stated[0] == stated[1] and peak[0] == stated[0]
+    assert f"up to {fmt_bytes(stated[0])} of host memory" in note
+    # The handed question blocks differ in length, so the micro-batches pad (counted above).
+    assert len(set(handed[0].tolist())) > 1

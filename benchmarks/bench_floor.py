@@ -16,8 +16,11 @@ same questions and prompts as bench_collect.py:
 
 and prints the bound: the reference's measured seconds over hf_introspect's prompt tokens at the
 measured prefill rate, i.e. the ratio hf_introspect would reach if its decode steps, writes and
-setup cost nothing. The reference's seconds and hf_introspect's measured split come from the newest
-``benchmarks/results/bench_collect_cpu_*.json`` (or ``--bench_json``).
+setup cost nothing. The reference's seconds and hf_introspect's measured split come from a
+bench_collect.py results file (``--bench_json``; default: the float32 run the README cites). That
+bound is an estimate: the reference was timed in another session than the prefill rate here; the
+same ratio from the results file alone (reference seconds over hf_introspect's measured prefill
+seconds) is printed beside it. Also printed: the same matrix multiplies in bfloat16.
 
     python benchmarks/bench_floor.py                    # ~1 minute
     python benchmarks/bench_floor.py --num_questions 40
@@ -30,7 +33,6 @@ import os
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import argparse
-import glob
 import json
 import statistics
 import sys
@@ -81,24 +83,25 @@ def prompt_tokens(prompts: dict) -> dict:
             "handoff_saved": handed, "per_pass_whole": whole, "per_pass_shared_prefix": shared}
 
 
-def newest_bench_json() -> Path | None:
-    """The newest float32 bench_collect.py results (the dtype this script measures)."""
-    files = sorted(glob.glob(str(HERE / "results" / "bench_collect_cpu_*.json")), key=os.path.getmtime)
-    files = [f for f in files if json.loads(Path(f).read_text())["args"].get("dtype", "auto") in ("auto", "float32")]
-    return Path(files[-1]) if files else None
+# The bench_collect.py results the README cites (float32, 100 questions, ABBA x 2).
+DEFAULT_BENCH_JSON = HERE / "results" / "bench_collect_cpu_6bf4285.json"
 
 
 def measured_split(path: Path, n_questions: int) -> dict | None:
-    """Median wall seconds of each side at ``n_questions`` and hf_introspect's median prefill seconds."""
+    """Median wall seconds of each side at ``n_questions`` and hf_introspect's median prefill
+    seconds (None where the file lacks them)."""
     data = json.loads(path.read_text())
-    rows = [r for r in data["results"] if r.get("n") == n_questions]
+    if data.get("args", {}).get("dtype", "auto") not in ("auto", "float32"):
+        print(f"{path.name} was measured in {data['args']['dtype']}; this script measures float32")
+        return None
+    rows = [r for r in data.get("results", []) if r.get("n") == n_questions]
     ref = [r["wall_s"] for r in rows if r.get("side") == "ref"]
     hf = [r for r in rows if r.get("side") == "hf"]
     if not ref or not hf:
         return None
-    prefill_key = next((k for k in hf[0].get("breakdown", {}).get("seconds", {}) if "prefill" in k), None)
+    prefill = [s for r in hf for k, s in r.get("breakdown", {}).get("seconds", {}).items() if "prefill" in k]
     return {"reference_s": statistics.median(ref), "hf_s": statistics.median(r["wall_s"] for r in hf),
-            "hf_prefill_s": statistics.median(r["breakdown"]["seconds"][prefill_key] for r in hf) if prefill_key else None}
+            "hf_prefill_s": statistics.median(prefill) if len(prefill) == len(hf) else None}
 
 
 def main(argv=None) -> int:
@@ -106,7 +109,8 @@ def main(argv=None) -> int:
     ap.add_argument("--num_questions", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=7, help="timed calls per figure (the fastest counts)")
-    ap.add_argument("--bench_json", default=None, help="bench_collect.py results (default: the newest in results/)")
+    ap.add_argument("--bench_json", default=str(DEFAULT_BENCH_JSON),
+                    help="bench_collect.py results, float32 (default: the run the README cites)")
     args = ap.parse_args(argv)
 
     import logging
@@ -156,20 +160,30 @@ def main(argv=None) -> int:
     measure_sgemm()
 
     # Prefill rate on real prompts, 4 per pass, as the collector runs them (hidden states, cache).
-    rates = {}
+    rates, computed = {}, {}  # real tokens/s (what the run's token counts need); padded tokens/s
     with torch.inference_mode():
         for p in PASSES:
             ids, mask, pos = left_pad([list(s) for s in seqs[p][:4]], lm.tokenizer.pad_token_id, "cpu")
             s = timed(lambda: forward_hidden(net, ids, mask, pos, use_cache=True), args.repeats)
-            rates[p] = int(mask.sum()) / s
+            rates[p], computed[p] = int(mask.sum()) / s, ids.numel() / s
     measure_sgemm()
+    # A forward's FLOPs split over the shapes as their weights do: its rate is the harmonic mean.
     weights = {f"{d_in}x{d_out}": d_in * d_out * c for d_in, d_out, c in linear_shapes(cfg)}
-    sgemm = sum(peak[k] * weights[k] for k in peak) / sum(weights.values())  # weighted by FLOPs
+    sgemm = sum(weights.values()) / sum(weights[k] / peak[k] for k in peak)
     print(f"\nsgemm, {rows} rows, the model's linear shapes: "
-          + ", ".join(f"{k} {v:.1f}" for k, v in peak.items()) + f" GFLOP/s (FLOP-weighted {sgemm:.1f})")
+          + ", ".join(f"{k} {v:.1f}" for k, v in peak.items()) + f" GFLOP/s (over a forward's mix {sgemm:.1f})")
+    bf16 = {}
+    with torch.inference_mode():  # the same in bfloat16 (what --dtype bfloat16 would get)
+        for key, (x, w) in operands.items():
+            xb, wb = x.bfloat16(), w.bfloat16()
+            bf16[key] = 2 * x.shape[0] * x.shape[1] * w.shape[0] / timed(lambda: F.linear(xb, wb), args.repeats) / 1e9
+    bf16_mix = sum(weights.values()) / sum(weights[k] / bf16[k] for k in bf16)
+    print(f"the same in bfloat16: " + ", ".join(f"{k} {v:.1f}" for k, v in bf16.items())
+          + f" GFLOP/s (over a forward's mix {bf16_mix:.1f} = {bf16_mix / sgemm:.2f}x float32)")
     n_tok = {p: tokens["per_pass_whole"][p] for p in PASSES}
     rate = sum(n_tok.values()) / sum(n_tok[p] / rates[p] for p in PASSES)  # token-weighted harmonic mean
-    linear_gflops = rate * flops_linear_per_token / 1e9
+    padded_rate = sum(n_tok.values()) / sum(n_tok[p] / computed[p] for p in PASSES)
+    linear_gflops = padded_rate * flops_linear_per_token / 1e9  # padding is computed too
     print("prefill, 4 prompts per pass, forward_hidden: " + ", ".join(f"{p} {r:.0f}" for p, r in rates.items())
           + f" tokens/s; over the run's tokens {rate:.0f} tokens/s = {linear_gflops:.1f} GFLOP/s in the linear "
           f"layers = {linear_gflops / sgemm:.0%} of the sgemm peak (the rest: attention, norms, activations)")
@@ -180,21 +194,23 @@ def main(argv=None) -> int:
     ref_floor, hf_floor = tokens["reference"] / rate, tokens["hf"] / rate
     print(f"prompt forwards at {rate:.0f} tokens/s: reference {ref_floor:.1f} s, hf_introspect {hf_floor:.1f} s")
 
-    path = Path(args.bench_json) if args.bench_json else newest_bench_json()
-    split = measured_split(path, args.num_questions) if path and path.exists() else None
-    result = {"sgemm_gflops": sgemm, "sgemm_by_shape": peak, "prefill_tokens_per_s": rate, "prefill_by_pass": rates,
+    path = Path(args.bench_json)
+    split = measured_split(path, args.num_questions) if path.exists() else None
+    result = {"sgemm_gflops": sgemm, "sgemm_by_shape": peak, "bf16_gflops": bf16_mix, "bf16_by_shape": bf16, "prefill_tokens_per_s": rate, "prefill_by_pass": rates,
               "linear_share_of_peak": linear_gflops / sgemm, "tokens": tokens, "floor_s": {"ref": ref_floor, "hf": hf_floor}}
     if split is None:
-        print(f"no bench_collect results for {args.num_questions} questions ({path}): run bench_collect.py "
-              f"--json ... first, or pass --bench_json; the bound needs the reference's measured seconds")
+        print(f"no float32 bench_collect results for {args.num_questions} questions in {path}: run "
+              f"bench_collect.py --json FILE first and pass --bench_json FILE; the bound needs the reference's seconds")
     else:
         bound = split["reference_s"] / hf_floor
+        prefill = f" (its prefill {split['hf_prefill_s']:.1f} s)" if split["hf_prefill_s"] else ""
         print(f"\nmeasured ({path.name}, median): reference {split['reference_s']:.1f} s, hf_introspect "
-              f"{split['hf_s']:.1f} s = {split['reference_s'] / split['hf_s']:.2f}x (its prefill {split['hf_prefill_s']:.1f} s)")
-        print(f"bound: reference {split['reference_s']:.1f} s / hf_introspect's prompt forwards {hf_floor:.1f} s = "
+              f"{split['hf_s']:.1f} s = {split['reference_s'] / split['hf_s']:.2f}x{prefill}")
+        print(f"bound (estimate: the reference timed in {path.name}, the prefill rate now): reference "
+              f"{split['reference_s']:.1f} s / hf_introspect's prompt forwards {hf_floor:.1f} s = "
               f"{bound:.2f}x if hf_introspect's decode, writes and setup cost nothing; "
               f"2x leaves them {split['reference_s'] / 2 - hf_floor:.1f} s "
-              f"(measured: {split['hf_s'] - (split['hf_prefill_s'] or 0):.1f} s)")
+              + (f"(measured: {split['hf_s'] - split['hf_prefill_s']:.1f} s)" if split["hf_prefill_s"] else ""))
         if split["hf_prefill_s"]:
             # The same bound from the bench run alone (both sides measured in one session).
             print(f"the same from {path.name} alone: reference {split['reference_s']:.1f} s / hf_introspect's "

@@ -701,6 +701,9 @@ class RunSetup:
         return [i for i in range(self.n_shards) if i % self.state.num_processes == self.state.process_index]
 
 
+MASK_BYTES = 8  # a handed prefix's mask (rows, L) is int64: 8 bytes per token slot
+
+
 def _handoff_bytes_per_token(run: RunSetup, cfg: CollectConfig) -> tuple[int, int]:
     """Bytes a handed prefix holds per token: every block's keys and values, and the stored layers'
     hidden states (kept only where the later pass stores a position among those tokens)."""
@@ -716,12 +719,15 @@ def _handoff_bytes_per_token(run: RunSetup, cfg: CollectConfig) -> tuple[int, in
 def _handoff_held_bytes(run: RunSetup, src: Dataset, dst: Dataset, lengths: np.ndarray, P: int) -> int:
     """The most any shard's handed prefixes hold at once (``HandoffStore.nbytes``): the source
     pass exports per micro-batch (rows longest prompt first, as ``_shard_rows`` orders them), each
-    as wide as its longest handed prefix, so the padding counts too. Assumes the starting
-    micro-batch size (out-of-memory back-off only makes micro-batches, hence padding, smaller)."""
+    as wide as its longest handed prefix, so the padding counts too. For the starting micro-batch
+    size: after an out-of-memory back-off the micro-batches, hence the padding, differ. The later
+    pass briefly holds a re-padded copy of one micro-batch's rows on top (``select_rows``)."""
     cfg = run.cfg
     kv_bytes, hidden_bytes = _handoff_bytes_per_token(run, cfg)
-    src_len, dst_len = np.asarray(src["seq_len"]), np.asarray(dst["seq_len"])
-    spans = dst["question_token_span"]
+    # Whole columns read once through Arrow (a Dataset column read row by row costs ~40 us a row).
+    src_len = src.with_format("arrow")[:].column("seq_len").to_numpy()
+    dst_tab = dst.with_format("arrow")[:]
+    dst_len, spans = dst_tab.column("seq_len").to_numpy(), dst_tab.column("question_token_span").to_pylist()
     most = 0
     for i in range(run.n_shards):
         lo, hi = run.shard_rows(i)
@@ -729,7 +735,7 @@ def _handoff_held_bytes(run: RunSetup, src: Dataset, dst: Dataset, lengths: np.n
         width = sum(len(c) * int(lengths[c].max()) for c in
                     (order[k:k + run.micro_batch] for k in range(0, len(order), run.micro_batch)))
         positions = [kept_positions(cfg.positions, int(dst_len[r]), tuple(spans[r])) for r in range(lo, hi)]
-        per_token = kv_bytes + (hidden_bytes if _exports_hidden(positions, lengths[lo:hi], P) else 0)
+        per_token = kv_bytes + MASK_BYTES + (hidden_bytes if _exports_hidden(positions, lengths[lo:hi], P) else 0)
         most = max(most, width * per_token)
     return most
 

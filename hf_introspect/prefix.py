@@ -131,7 +131,7 @@ class RowPrefix:
         return self.mask.shape[1]
 
     def nbytes(self) -> int:
-        n = sum(k.nbytes + v.nbytes for k, v in self.kv)
+        n = sum(k.nbytes + v.nbytes for k, v in self.kv) + self.mask.nbytes
         return n + (sum(h.nbytes for h in self.hidden.values()) if self.hidden else 0)
 
 

@@ -328,8 +328,10 @@ def test_a_resumed_pass_gets_its_handed_prefixes_again_bit_exactly(tiny_model_di
                 np.testing.assert_array_equal(x, y)
 
 
-@pytest.mark.parametrize("positions", ["all", "last"])
-def test_plan_states_the_exact_memory_the_handed_prefixes_hold(tiny_model_dir, tmp_path, monkeypatch, positions):
+@pytest.mark.parametrize("positions,batch_size,act_dtype", [("all", 3, "float16"), ("last", 3, "float16"),
+                                                              ("question", 5, "float32")])
+def test_plan_states_the_exact_memory_the_handed_prefixes_hold(tiny_model_dir, tmp_path, monkeypatch, positions,
+                                                               batch_size, act_dtype):
     """The plan's "up to X of host memory" is the largest HandoffStore of the run, to the byte:
     padding inside each micro-batch included, hidden states only where the later pass stores them."""
     from hf_introspect import collector, prefix
@@ -354,8 +356,8 @@ def test_plan_states_the_exact_memory_the_handed_prefixes_hold(tiny_model_dir, t
         peak[0] = max(peak[0], store.nbytes())
 
     monkeypatch.setattr(prefix.HandoffStore, "add", add)
-    cfg = CollectConfig(output_dir=str(tmp_path / "run"), model=str(tiny_model_dir), batch_size=3, save_every=2,
-                        max_new_tokens=0, positions=positions)
+    cfg = CollectConfig(output_dir=str(tmp_path / "run"), model=str(tiny_model_dir), batch_size=batch_size,
+                        save_every=2, max_new_tokens=0, positions=positions, act_dtype=act_dtype)
     plan = collect(CollectConfig(**{**cfg.__dict__, "dry_run": True}), questions=make_questions())
     note = next(n for n in plan.notes if "per-question prefixes" in n)
     collect(cfg, questions=make_questions())

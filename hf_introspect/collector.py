@@ -283,8 +283,13 @@ def _shard_rows(ctx: PassContext, prompts: Dataset, job: ShardJob):
     spans = batch.column("question_token_span").to_pylist()
     qids = batch.column("question_id").to_pylist()
     positions = [kept_positions(ctx.cfg.positions, len(s), tuple(sp)) for s, sp in zip(seqs, spans)]
-    order = sorted(range(len(seqs)), key=lambda r: -len(seqs[r]))
-    return seqs, qids, positions, order
+    return seqs, qids, positions, _longest_first([len(s) for s in seqs])
+
+
+def _longest_first(lengths) -> list[int]:
+    """Row indices, longest prompt first (stable: equal lengths keep their order). The plan's
+    hand-off memory figure relies on the shards using exactly this order."""
+    return sorted(range(len(lengths)), key=lambda r: -lengths[r])
 
 
 def _compute_shard(ctx: PassContext, prompts: Dataset, job: ShardJob, slot: int, check_stop) -> ShardData:
@@ -731,7 +736,7 @@ def _handoff_held_bytes(run: RunSetup, src: Dataset, dst: Dataset, lengths: np.n
     most = 0
     for i in range(run.n_shards):
         lo, hi = run.shard_rows(i)
-        order = sorted(range(lo, hi), key=lambda r: -src_len[r])
+        order = [lo + r for r in _longest_first(src_len[lo:hi])]
         width = sum(len(c) * int(lengths[c].max()) for c in
                     (order[k:k + run.micro_batch] for k in range(0, len(order), run.micro_batch)))
         positions = [kept_positions(cfg.positions, int(dst_len[r]), tuple(spans[r])) for r in range(lo, hi)]

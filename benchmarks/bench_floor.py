@@ -178,7 +178,7 @@ def main(argv=None) -> int:
             xb, wb = x.bfloat16(), w.bfloat16()
             bf16[key] = 2 * x.shape[0] * x.shape[1] * w.shape[0] / timed(lambda: F.linear(xb, wb), args.repeats) / 1e9
     bf16_mix = sum(weights.values()) / sum(weights[k] / bf16[k] for k in bf16)
-    print(f"the same in bfloat16: " + ", ".join(f"{k} {v:.1f}" for k, v in bf16.items())
+    print("the same in bfloat16: " + ", ".join(f"{k} {v:.1f}" for k, v in bf16.items())
           + f" GFLOP/s (over a forward's mix {bf16_mix:.1f} = {bf16_mix / sgemm:.2f}x float32)")
     n_tok = {p: tokens["per_pass_whole"][p] for p in PASSES}
     rate = sum(n_tok.values()) / sum(n_tok[p] / rates[p] for p in PASSES)  # token-weighted harmonic mean

@@ -759,9 +759,8 @@ def _plan_and_prepare(run: RunSetup, prompts: dict[str, Dataset], contexts: dict
     plan.notes.append(f"host memory for activation buffers: up to "
                       f"{fmt_bytes(host_buffer_bytes(plan, rows, writers + 1, run.micro_batch))} "
                       f"({writers + 1} shards of {rows} rows + 2 micro-batches; lower --save_every to shrink it)")
-    ctx = contexts[cfg.passes[0]]
+    ctx, where = contexts[cfg.passes[0]], "host" if run.device.type == "cpu" else "GPU"
     if cfg.max_new_tokens > 0 and ctx.decode_max_rows > run.micro_batch:
-        where = "host" if run.device.type == "cpu" else "GPU"
         plan.notes.append(f"merged decoding: continuations of up to {ctx.decode_max_rows} rows decoded together, "
                           f"holding up to {fmt_bytes(ctx.decode_kv_budget)} of KV cache in {where} memory")
     for p in cfg.passes:  # run each pass's prefix now: a model whose cache cannot be shared says so here
@@ -776,7 +775,6 @@ def _plan_and_prepare(run: RunSetup, prompts: dict[str, Dataset], contexts: dict
         pp, n = plan.passes[cfg.passes.index(later)], int(lengths.sum())
         per_q = n / max(1, len(prompts[later]))
         held = _handoff_held_bytes(run, prompts[earlier], prompts[later], lengths, shared[later])
-        where = "host" if run.device.type == "cpu" else "GPU"
         plan.notes.append(f"{later} runs on {earlier}'s per-question prefixes (its shard i right after {earlier}'s): "
                           f"{per_q:.1f} tokens per question ({n / max(1, pp.prompt_tokens):.0%} of its prompt "
                           f"tokens) not run again; one shard's prefixes held at a time, up to {fmt_bytes(held)} "

@@ -263,7 +263,10 @@ def _chunk_rows(chunk, rows: np.ndarray, position, hidden: int, readout: np.ndar
     inner_off, values = _list_parts(inner)     # inner_off: (positions+1,) range of values per position
     start, end = outer[rows], outer[rows + 1]  # (n,) each
     count = end - start                        # (n,) stored positions per row
-    if position == "last":
+    if isinstance(position, np.ndarray):  # each requested row's own stored-row index
+        k = position.astype(np.int64)
+        k = np.where(k < 0, count + k, k)
+    elif position == "last":
         k = count - 1
     elif position == "answer":
         ap_off, ap_vals = _list_parts(aps)
@@ -308,7 +311,8 @@ def layer_matrix(ds, layer: int | str, position: str | int = "last") -> np.ndarr
             final norm), its digits as a string, or the column name ``"activations_layer_NN"``.
         position: ``"last"`` (last stored row = the readout token when it was stored),
             ``"answer"`` (the row whose ``activation_positions`` equals ``answer_token_index`` /
-            ``confidence_token_index``), or an int index into the stored rows (negative allowed).
+            ``confidence_token_index``), an int index into the stored rows (negative allowed), or
+            an int array ``(len(ds),)``: each row's own stored-row index, in the view's order.
 
     Reads the column's Arrow buffers directly (offsets + flat float16 values, one vectorised
     gather per chunk), so it costs about as much as slicing a memory-mapped ``.npy``.
@@ -325,7 +329,11 @@ def layer_matrix(ds, layer: int | str, position: str | int = "last") -> np.ndarr
     if not isinstance(ds, Dataset):
         raise UserError(f"layer_matrix needs one split (a datasets.Dataset), got {type(ds).__name__}; "
                         "e.g. load_run(path, split='mcq')")
-    if isinstance(position, str) and position not in ("last", "answer"):
+    if isinstance(position, (np.ndarray, list)):
+        position = np.asarray(position, dtype=np.int64)  # (len(ds),) stored-row index per row
+        if position.shape != (len(ds),):
+            raise UserError(f"a per-row position array needs shape ({len(ds)},), got {position.shape}")
+    elif isinstance(position, str) and position not in ("last", "answer"):
         if position.lstrip("-").isdigit():
             position = int(position)
         else:
@@ -339,7 +347,7 @@ def layer_matrix(ds, layer: int | str, position: str | int = "last") -> np.ndarr
     else:
         rows = np.arange(len(ds), dtype=np.int64)
     readout = aps_col = None
-    if position == "answer":
+    if isinstance(position, str) and position == "answer":
         rc = _readout_column(table)
         readout = table.column(rc).to_numpy().astype(np.int64)[rows]
         aps_col = table.column("activation_positions")
@@ -357,6 +365,6 @@ def layer_matrix(ds, layer: int | str, position: str | int = "last") -> np.ndarr
             # activation_positions may be chunked differently from the layer column: take the
             # same table rows from it as one small array (ints, cheap).
             aps = aps_col.slice(int(bounds[c]), int(bounds[c + 1] - bounds[c])).combine_chunks()
-        out[sel] = _chunk_rows(chunks[c], local, position, hidden,
+        out[sel] = _chunk_rows(chunks[c], local, position[sel] if isinstance(position, np.ndarray) else position, hidden,
                                None if readout is None else readout[sel], aps)
     return out

@@ -92,3 +92,86 @@ def save_tiny_lora(model_folder: str | Path, folder: str | Path, seed: int = 1, 
                 param.copy_(torch.randn(param.shape, generator=gen) * 0.5)
     peft_model.save_pretrained(folder)
     return Path(folder)
+
+
+def write_planted_run(folder: str | Path, n: int = 300, hidden: int = 32, num_layers: int = 4,
+                      planted_layer: int = 2, r2: float = 0.8, seed: int = 0) -> Path:
+    """A synthetic run folder (passes mcq and self_conf, every position stored) with known signals.
+
+    At the readout token of residual index ``planted_layer`` (mcq pass), ``entropy`` is
+    ``1 + 0.5 * (sqrt(r2) * x.w + sqrt(1 - r2) * noise)`` for a random unit ``w``: a linear probe's
+    population R^2 there is ``r2``. ``is_correct`` is ``x.v + 0.5 * noise > 0`` for another unit ``v``
+    at the same layer and token. Every other layer, token and column (``parsed_answer``,
+    ``self_confidence``...) is independent noise. The self_conf pass holds the same questions in
+    reverse order (joins on question_id are exercised); its readout token at ``planted_layer`` is
+    the mcq readout vector plus noise. Activations are standard normal, stored as float16.
+
+    Example:
+        >>> path = write_planted_run(tmp_path / "planted")          # doctest: +SKIP
+    """
+    import json
+
+    import numpy as np
+    from datasets import Array2D, Dataset, Features, Sequence, Value
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    w, v = rng.standard_normal((2, hidden))
+    w, v = w / np.linalg.norm(w), v / np.linalg.norm(v)
+    ids = [f"q{i:04d}" for i in range(n)]
+    qe = 7 + np.arange(n) % 3                      # question tokens 3..qe-1; options qe..qe+3; 3 more tokens
+    seq_len = qe + 4 + 3
+    readout_x = rng.standard_normal((n, hidden))   # (n, hidden) the planted layer's readout vectors
+    entropy = 1.0 + 0.5 * (np.sqrt(r2) * readout_x @ w + np.sqrt(1 - r2) * rng.standard_normal(n))
+    correct = readout_x @ v + 0.5 * rng.standard_normal(n) > 0
+    layers = list(range(num_layers + 1))
+
+    def acts(pass_name: str) -> dict:
+        cols = {}
+        for layer in layers:
+            rows = [rng.standard_normal((int(s), hidden)) for s in seq_len]
+            if layer == planted_layer:
+                for i, r in enumerate(rows):
+                    r[-1] = readout_x[i] if pass_name == "mcq" else readout_x[i] + 0.5 * rng.standard_normal(hidden)
+            cols[f"activations_layer_{layer:02d}"] = [r.astype(np.float16) for r in rows]
+        return cols
+
+    letters = np.array(list("ABCD"))
+    base = {
+        "question_id": ids, "question_text": [f"Planted question {i}?" for i in range(n)],
+        "correct_answer_letter": letters[rng.integers(0, 4, n)].tolist(),
+        "seq_len": seq_len.tolist(), "question_token_span": [[3, int(e)] for e in qe],
+        "option_token_spans": [[[int(e) + j, int(e) + j + 1] for j in range(4)] for e in qe],
+        "char_length": rng.integers(20, 80, n).tolist(), "token_length": (qe - 3).tolist(),
+        "activation_positions": [list(range(int(s))) for s in seq_len],
+    }
+    feats = {"question_id": Value("string"), "question_text": Value("string"),
+             "correct_answer_letter": Value("string"), "seq_len": Value("int32"),
+             "question_token_span": Sequence(Value("int32"), length=2),
+             "option_token_spans": Sequence(Sequence(Value("int32"), length=2), length=4),
+             "char_length": Value("int32"), "token_length": Value("int32"),
+             "logits": Sequence(Value("float32"), length=4), "parsed_answer": Value("string"),
+             "entropy": Value("float32"), "activation_positions": Sequence(Value("int32"))}
+    layer_feats = {f"activations_layer_{layer:02d}": Array2D((None, hidden), "float16") for layer in layers}
+    mcq = {**base, "logits": rng.standard_normal((n, 4)).astype(np.float32).tolist(),
+           "parsed_answer": letters[rng.integers(0, 4, n)].tolist(), "entropy": entropy.tolist(),
+           "is_correct": correct.tolist(), "answer_token_index": (seq_len - 1).tolist(), **acts("mcq")}
+    conf = {**base, "logits": rng.standard_normal((n, 4)).astype(np.float32).tolist(),
+            "parsed_answer": letters[rng.integers(0, 4, n)].tolist(), "entropy": rng.random(n).tolist(),
+            "self_confidence": (100 * rng.random(n)).tolist(), "confidence_token_index": (seq_len - 1).tolist(),
+            **acts("self_conf")}
+    conf = {k: list(reversed(col)) for k, col in conf.items()}   # same questions, another row order
+    Dataset.from_dict(mcq, features=Features({**feats, "is_correct": Value("bool"),
+                                              "answer_token_index": Value("int32"), **layer_feats})
+                      ).save_to_disk(str(folder / "mcq"))
+    Dataset.from_dict(conf, features=Features({**feats, "self_confidence": Value("float32"),
+                                               "confidence_token_index": Value("int32"), **layer_feats})
+                      ).save_to_disk(str(folder / "self_conf"))
+    (folder / "dataset_dict.json").write_text(json.dumps({"splits": ["mcq", "self_conf"]}))
+    (folder / "run_config.json").write_text(json.dumps({
+        "run_id": f"planted-{seed}", "model_name": "planted", "num_layers": num_layers, "hidden_size": hidden,
+        "config": {"positions": "all", "passes": ["mcq", "self_conf"]},
+        "planted": {"layer": planted_layer, "r2": r2, "entropy_direction": w.tolist(),
+                    "is_correct_direction": v.tolist()}}))
+    return folder

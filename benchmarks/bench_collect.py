@@ -77,7 +77,7 @@ class Breakdown:
         import datasets
         from datasets.arrow_writer import ArrowWriter
 
-        from hf_introspect import collector
+        from hf_introspect.collection import run as collector
 
         bd = self
         starts = {}
@@ -121,7 +121,7 @@ class Breakdown:
                 bd._in_warmup = False
                 bd.t["warmup"] += time.perf_counter() - t0
 
-        from hf_introspect import pipeline
+        from hf_introspect.collection import pipeline
 
         collector._warmup_seconds = warm
         collector.launch_batch = timed("launch_batch", collector.launch_batch)
@@ -184,7 +184,7 @@ def run_hf(lm, qs, args, out: Path, patch: str | None = None) -> dict:
 
     if patch:
         apply_patch(patch)  # first: it may replace whole modules
-    from hf_introspect.collector import collect
+    from hf_introspect.collection.run import collect
     from hf_introspect.config import CollectConfig
 
     ds_logging.disable_progress_bar()
@@ -216,9 +216,9 @@ def run_hf(lm, qs, args, out: Path, patch: str | None = None) -> dict:
 # --------------------------------------------------------------------------- reference side
 def run_ref(lm, qs, args, out: Path) -> dict:
     from reference_loop import reference_collect
-    from hf_introspect.prompt_dataset import build_prompt_dataset
-    from hf_introspect.prompts import PASSES, labels_for_pass, load_templates
-    from hf_introspect.readout import resolve_label_token_ids
+    from hf_introspect.collection.prompt_dataset import build_prompt_dataset
+    from hf_introspect.collection.prompts import PASSES, labels_for_pass, load_templates
+    from hf_introspect.collection.readout import resolve_label_token_ids
 
     t0 = time.perf_counter()
     templates = load_templates(None)
@@ -301,8 +301,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from datasets.utils import logging as ds_logging
 
-    from hf_introspect.model_loading import load_model
-    from hf_introspect.questions import load_questions
+    from hf_introspect.models.load import load_model
+    from hf_introspect.questions.sources import load_questions
 
     ds_logging.disable_progress_bar()
     print(f"load average at start {load()}  cpus {os.cpu_count()}  torch threads {args.threads}", flush=True)

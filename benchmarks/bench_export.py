@@ -1,4 +1,4 @@
-"""Parquet export speed: `hf-introspect export` (hf_introspect.hub) vs `Dataset.to_parquet` defaults.
+"""Parquet export speed: `hf-introspect export` (hf_introspect.runs.hub) vs `Dataset.to_parquet` defaults.
 
 `Dataset.to_parquet` with datasets' defaults is what `push_to_hub` writes. Both encode the same run
 (every split); speed = Arrow bytes of the run / wall time. Prints MB/s of each and the ratio.
@@ -27,14 +27,14 @@ TRIVIAMC = HERE.parents[1] / "shared" / "data" / "TriviaMC.jsonl"
 def build_run(folder: Path, n_questions: int) -> Path:
     from datasets.utils import logging as ds_logging
 
-    from hf_introspect.collector import collect
+    from hf_introspect.collection.run import collect
     from hf_introspect.config import CollectConfig
     from hf_introspect.testing import save_tiny_model
 
     ds_logging.disable_progress_bar()
     model = save_tiny_model(folder / "model", num_layers=8, hidden=576)
     if TRIVIAMC.is_file():
-        from hf_introspect.questions import load_questions
+        from hf_introspect.questions.sources import load_questions
 
         questions = load_questions(str(TRIVIAMC), num_questions=n_questions, seed=0)
     else:
@@ -71,7 +71,7 @@ def bench_defaults(run: Path, out: Path) -> float:
 
 
 def bench_ours(run: Path, out: Path, **kw) -> float:
-    from hf_introspect.hub import export_hub_layout
+    from hf_introspect.runs.hub import export_hub_layout
 
     t = time.perf_counter()
     export_hub_layout(run, out, **kw)

@@ -65,7 +65,7 @@ def linear_shapes(cfg) -> list[tuple[int, int, int]]:
 def prompt_tokens(prompts: dict) -> dict:
     """Tokens each side runs: every prompt whole (reference) vs what the collector skips, counted
     with the collector's own helpers (``prompts``: pass -> prompt Dataset)."""
-    from hf_introspect.collector import MIN_SHARED_TOKENS, _handed_lengths, _shared_prefix_ids
+    from hf_introspect.collection.run import MIN_SHARED_TOKENS, _handed_lengths, _shared_prefix_ids
     from hf_introspect.config import CollectConfig
 
     cfg = CollectConfig(output_dir="unused")
@@ -120,11 +120,11 @@ def main(argv=None) -> int:
     import torch.nn.functional as F
     from datasets.utils import logging as ds_logging
 
-    from hf_introspect.inference import forward_hidden, left_pad
-    from hf_introspect.model_loading import load_model
-    from hf_introspect.prompt_dataset import build_prompt_dataset
-    from hf_introspect.prompts import PASSES, load_templates
-    from hf_introspect.questions import load_questions
+    from hf_introspect.collection.inference import forward_hidden, left_pad
+    from hf_introspect.models.load import load_model
+    from hf_introspect.collection.prompt_dataset import build_prompt_dataset
+    from hf_introspect.collection.prompts import PASSES, load_templates
+    from hf_introspect.questions.sources import load_questions
 
     warnings.filterwarnings("ignore")
     logging.getLogger("transformers").setLevel(logging.ERROR)

@@ -58,7 +58,7 @@ def synthetic_run(folder: Path, n: int, hidden: int, mean_len: int, n_layers: in
         for batch in batches:  # one record batch each, as the collector's map writes them
             writer.write_table(pa.Table.from_batches([batch]))
         writer.finalize()
-    from hf_introspect.storage import finalize_run, finalize_split
+    from hf_introspect.collection.storage import finalize_run, finalize_split
 
     finalize_split(run, "mcq", 1, n, "bench-read", "synthetic")
     (run / "run_config.json").write_text(json.dumps({"run_id": "bench-read", "synthetic": True}))
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from hf_introspect import layer_matrix, load_run
-    from hf_introspect.npy_export import export_npy
+    from hf_introspect.runs.npy_export import export_npy
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_read_"))
     try:

@@ -116,7 +116,7 @@ def build_model(tiny: bool, device):
 
 
 def loaded_model(net, tok):
-    from hf_introspect.model_loading import LoadedModel, ModelSource
+    from hf_introspect.models.load import LoadedModel, ModelSource
 
     name = "random-llama3-8b-shape" if net.config.hidden_size == 4096 else "random-tiny-llama"
     return LoadedModel(model=net, tokenizer=tok, source=ModelSource(name, None, name, "local"), checkpoint_id="base",
@@ -129,7 +129,7 @@ def random_prompts(seq_len: int, vocab: int):
     ``seq_len`` random token ids (seeded per question)."""
     import numpy as np
 
-    from hf_introspect.prompt_dataset import build_prompt_dataset
+    from hf_introspect.collection.prompt_dataset import build_prompt_dataset
 
     def build(questions, pass_name, template, tokenizer, use_chat_template, fingerprint):
         ds = build_prompt_dataset(questions, pass_name, template, tokenizer, use_chat_template, fingerprint)
@@ -219,7 +219,7 @@ class _Capture:
 
 
 def run_collect(lm, qs, out: Path, *, positions: str, max_new_tokens: int, batch: int, save_every: int) -> dict:
-    from hf_introspect.collector import collect
+    from hf_introspect.collection.run import collect
     from hf_introspect.config import CollectConfig
 
     shutil.rmtree(out, ignore_errors=True)
@@ -255,8 +255,8 @@ def np_isfinite(a) -> bool:
 def run_reference(lm, qs, out: Path, *, batch: int, seq_len: int, vocab: int) -> dict:
     from reference_loop import reference_collect
 
-    from hf_introspect.prompts import load_templates
-    from hf_introspect.readout import resolve_label_token_ids
+    from hf_introspect.collection.prompts import load_templates
+    from hf_introspect.collection.readout import resolve_label_token_ids
 
     shutil.rmtree(out, ignore_errors=True)
     os.sync()
@@ -281,7 +281,7 @@ def sync_check(net, batch: int, seq_len: int, vocab: int) -> dict:
     import numpy as np
     import torch
 
-    from hf_introspect.inference import launch_batch
+    from hf_introspect.collection.inference import launch_batch
 
     seqs = [list(np.random.default_rng(r).integers(3, vocab, size=seq_len - (r % 3))) for r in range(batch)]
     kw = dict(pad_id=0, label_ids={"A": [10], "B": [11]}, layers=list(range(net.config.num_hidden_layers + 1)),
@@ -351,8 +351,8 @@ def main(argv=None) -> int:
     import torch
     from datasets.utils import logging as ds_logging
 
-    import hf_introspect.collector as collector
-    from hf_introspect.questions import load_questions
+    import hf_introspect.collection.run as collector
+    from hf_introspect.questions.sources import load_questions
     from hf_introspect.testing import tiny_tokenizer
 
     warnings.filterwarnings("ignore")

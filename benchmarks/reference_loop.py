@@ -9,8 +9,8 @@ shaped [n_questions, max_seq_len, hidden] float16 with each prompt right-aligned
 so ``acts[i, -1]`` is question i's last prompt token, as in the seed README. Peak memory therefore
 grows with the number of questions.
 
-Only the collection strategy differs from ``hf_introspect.collector.collect``: the caller passes
-the same model, the same prompt token ids (``hf_introspect.prompt_dataset.build_prompt_dataset``),
+Only the collection strategy differs from ``hf_introspect.collection.run.collect``: the caller passes
+the same model, the same prompt token ids (``hf_introspect.collection.prompt_dataset.build_prompt_dataset``),
 the same label token ids and the same batch size.
 
     from benchmarks.reference_loop import reference_collect

@@ -14,7 +14,7 @@ def __getattr__(name):
 
         return CollectConfig
     if name == "collect":
-        from .collector import collect
+        from .collection.run import collect
 
         return collect
     if name in ("load_run", "layer_matrix"):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .prompts import PASSES
+from .collection.prompts import PASSES
 
 POSITION_MODES = ("all", "last", "answer", "question", "question+last")
 
@@ -56,7 +56,7 @@ class CollectConfig:
     # --- batching and sharding ---
     batch_size: int | str = 4  # int, or "auto" (largest that fits, backs off on OOM)
     save_every: int = 10  # batches per shard; a shard is the unit of atomic writes and resume
-    # Run the prompts' common opening tokens once per pass (see hf_introspect.prefix). It changes
+    # Run the prompts' common opening tokens once per pass (see hf_introspect.collection.prefix). It changes
     # values at float-rounding level only, but it is part of the identity (as the batch size is):
     # a resumed run equals an uninterrupted one bit for bit.
     share_prefix: bool = True

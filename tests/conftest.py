@@ -13,7 +13,7 @@ import pytest
 # huggingface_hub reads these once, at import: set them before any test module imports it.
 for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ[_var] = "1"
-# Converted GGUF copies (hf_introspect.gguf_cache) go to a throwaway folder, never the user's cache;
+# Converted GGUF copies (hf_introspect.models.gguf_cache) go to a throwaway folder, never the user's cache;
 # set here so that CLI subprocesses inherit it too.
 _GGUF_CACHE = tempfile.mkdtemp(prefix="hf_introspect-test-gguf-cache-")
 os.environ["HF_INTROSPECT_CACHE"] = _GGUF_CACHE

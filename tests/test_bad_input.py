@@ -9,7 +9,7 @@ import pytest
 
 from hf_introspect.commands.collect import main as collect_main
 from hf_introspect.errors import UserError
-from hf_introspect.readout import resolve_label_token_ids
+from hf_introspect.collection.readout import resolve_label_token_ids
 
 
 def write_questions(path, rows):

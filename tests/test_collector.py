@@ -7,10 +7,10 @@ import pytest
 import torch
 from datasets import Array2D, Dataset, Features, load_dataset, load_from_disk
 
-from hf_introspect.collector import collect
+from hf_introspect.collection.run import collect
 from hf_introspect.config import CollectConfig
 from hf_introspect.errors import UserError
-from hf_introspect.prompts import CONFIDENCE_MIDPOINTS
+from hf_introspect.collection.prompts import CONFIDENCE_MIDPOINTS
 from hf_introspect.schema import layer_column, question_features
 
 N_QUESTIONS = 11  # not a multiple of the shard size: the last shard is short
@@ -159,7 +159,7 @@ def test_reload_is_bit_exact(base_run):
 
 
 def test_interrupted_run_resumes_to_the_same_data(base_run, tiny_model_dir, tmp_path, monkeypatch):
-    from hf_introspect import collector
+    from hf_introspect.collection import run as collector
 
     cfg, reference = base_run
     calls = {"n": 0}
@@ -229,7 +229,7 @@ def test_fp16_overflow_is_counted_and_warned_once(tiny_model_dir, tmp_path, capl
     one warning naming the layers, and float32 storage keeps them."""
     import logging
 
-    from hf_introspect.model_loading import load_model
+    from hf_introspect.models.load import load_model
 
     lm = load_model(str(tiny_model_dir))
     with torch.no_grad():
@@ -252,7 +252,7 @@ def test_fp16_overflow_is_counted_and_warned_once(tiny_model_dir, tmp_path, capl
 def test_out_of_memory_halves_the_batch_and_finishes(base_run, tiny_model_dir, tmp_path, monkeypatch, caplog):
     import logging
 
-    from hf_introspect import collector
+    from hf_introspect.collection import run as collector
 
     real = collector.launch_batch
 
@@ -276,7 +276,7 @@ def test_out_of_memory_halves_the_batch_and_finishes(base_run, tiny_model_dir, t
 def test_continuations_are_decoded_together_with_the_same_result(base_run, tiny_model_dir, tmp_path, monkeypatch):
     """A shard's micro-batches are decoded as one batch (2 x 3 rows here); the texts equal a run
     that decodes every micro-batch on its own."""
-    from hf_introspect import collector
+    from hf_introspect.collection import run as collector
 
     seen = []
     real = collector.continue_batches
@@ -312,7 +312,7 @@ def test_out_of_memory_in_a_merged_decode_reruns_the_rows_with_their_own_texts(t
     import logging
     from types import SimpleNamespace
 
-    from hf_introspect.collector import PassContext, _run_with_backoff
+    from hf_introspect.collection.run import PassContext, _run_with_backoff
 
     from .test_inference import MORE, SEQS, greedy, sharp_model
 
@@ -341,7 +341,7 @@ def test_out_of_memory_in_a_merged_decode_reruns_the_rows_with_their_own_texts(t
 def test_out_of_memory_in_a_merged_decode_keeps_the_run_whole(base_run, tiny_model_dir, tmp_path, caplog):
     import logging
 
-    from hf_introspect.model_loading import load_model
+    from hf_introspect.models.load import load_model
 
     lm = load_model(str(tiny_model_dir))
     handle = raise_oom_in_decode_steps(lm.model)
@@ -360,7 +360,7 @@ def test_out_of_memory_in_a_merged_decode_keeps_the_run_whole(base_run, tiny_mod
 
 
 def test_single_prompt_too_big_for_memory_is_a_clear_error(tiny_model_dir, tmp_path, monkeypatch):
-    from hf_introspect import collector
+    from hf_introspect.collection import run as collector
 
     def no_memory(net, sequences, **kw):
         raise torch.OutOfMemoryError("CUDA out of memory")

@@ -11,7 +11,7 @@ import torch
 from datasets import Array2D, load_from_disk
 
 from hf_introspect.commands.collect import main as collect_main
-from hf_introspect.model_loading import load_model
+from hf_introspect.models.load import load_model
 from hf_introspect.schema import layer_column
 
 pytestmark = pytest.mark.slow
@@ -67,7 +67,7 @@ def test_the_embedded_model_loads_from_its_converted_copy(embedded_run):
     import os
     from pathlib import Path
 
-    from hf_introspect import gguf_cache
+    from hf_introspect.models import gguf_cache
 
     entries = [p for p in Path(os.environ["HF_INTROSPECT_CACHE"]).glob("gguf-*") if (p / gguf_cache.MARKER).is_file()]
     assert len(entries) == 1

@@ -119,8 +119,8 @@ def test_full_disk_keeps_finished_shards_and_resumes(reference, tiny_model_dir, 
 
 
 def test_plan_refuses_a_run_bigger_than_the_disk(reference, tiny_model_dir, tmp_path, monkeypatch):
-    from hf_introspect import collector
-    from hf_introspect.collector import collect
+    from hf_introspect.collection import run as collector
+    from hf_introspect.collection.run import collect
     from hf_introspect.commands.collect import config_from_args
 
     qfile, _ = reference

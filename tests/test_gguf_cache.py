@@ -6,7 +6,7 @@ import logging
 import pytest
 import torch
 
-from hf_introspect import gguf_cache
+from hf_introspect.models import gguf_cache
 from hf_introspect.testing import tiny_llama, tiny_tokenizer
 
 

@@ -15,12 +15,12 @@ from datasets import Array2D, Dataset, Features, load_dataset, load_from_disk
 from huggingface_hub import DatasetCard
 
 from hf_introspect import cli
-from hf_introspect.collector import collect
+from hf_introspect.collection.run import collect
 from hf_introspect.config import CollectConfig
 from hf_introspect.errors import UserError
-from hf_introspect.hub import default_config_name, export_hub_layout, push_run
+from hf_introspect.runs.hub import default_config_name, export_hub_layout, push_run
 from hf_introspect.loading import layer_matrix, load_run
-from hf_introspect.model_loading import load_model
+from hf_introspect.models.load import load_model
 from hf_introspect.schema import question_features
 
 N = 7

@@ -4,8 +4,8 @@ continuations of several batches."""
 import numpy as np
 import torch
 
-from hf_introspect import inference
-from hf_introspect.inference import continue_batches, launch_batch, row_generator, run_batch
+from hf_introspect.collection import inference
+from hf_introspect.collection.inference import continue_batches, launch_batch, row_generator, run_batch
 from hf_introspect.testing import tiny_llama
 
 SEQS = [[5, 9, 14, 3, 22, 7], [8, 4, 31], [12, 40, 41, 6, 2]]  # different lengths: left padding

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from datasets import Dataset, Features, load_from_disk
 
-from hf_introspect import metrics as M
-from hf_introspect.collector import collect
+from hf_introspect.analysis.inspect import metrics as M
+from hf_introspect.collection.run import collect
 from hf_introspect.commands.inspect import main
 from hf_introspect.config import CollectConfig
 from hf_introspect.schema import question_features
@@ -260,7 +260,7 @@ def test_exported_folder_with_config(runs, tmp_path, capsys):
 def test_inspection_docstring_examples():
     import doctest
 
-    from hf_introspect import inspection, plots
+    from hf_introspect.analysis.inspect import summary as inspection, plots
 
     for module in (inspection, plots):
         assert doctest.testmod(module).failed == 0

@@ -9,7 +9,7 @@ import pytest
 from datasets import Dataset, Features, load_from_disk
 
 import hf_introspect
-from hf_introspect.collector import collect
+from hf_introspect.collection.run import collect
 from hf_introspect.config import CollectConfig
 from hf_introspect.errors import UserError
 from hf_introspect.loading import layer_matrix, load_run, open_run

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from hf_introspect import metrics as M
+from hf_introspect.analysis.inspect import metrics as M
 from hf_introspect.errors import UserError
 
 # Small fixture used throughout: 4 answers with their stated confidence (as a probability).

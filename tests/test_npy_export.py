@@ -9,10 +9,10 @@ import pytest
 from datasets import Dataset, Features, load_from_disk
 
 from hf_introspect import cli
-from hf_introspect.collector import collect
+from hf_introspect.collection.run import collect
 from hf_introspect.config import CollectConfig
 from hf_introspect.errors import UserError
-from hf_introspect.npy_export import export_npy
+from hf_introspect.runs.npy_export import export_npy
 from hf_introspect.schema import question_features
 
 SPLITS = ("mcq", "self_conf", "other_conf")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf_introspect.pipeline import SLOTS, HostBuffers, ShardJob, ShardPrefetcher
+from hf_introspect.collection.pipeline import SLOTS, HostBuffers, ShardJob, ShardPrefetcher
 
 from .test_collector import make_questions, run_cfg
 
@@ -102,8 +102,8 @@ def test_inference_of_the_next_shard_overlaps_the_write(tiny_model_dir, tmp_path
 
     from datasets.arrow_writer import ArrowWriter
 
-    from hf_introspect import collector
-    from hf_introspect.collector import collect
+    from hf_introspect.collection import run as collector
+    from hf_introspect.collection.run import collect
 
     computing = {}
     real_compute, real_write = collector._compute_shard, ArrowWriter.write_table
@@ -145,8 +145,8 @@ def _assert_same(a, b):
 def test_two_concurrent_writers_write_the_same_dataset(tiny_model_dir, tmp_path, monkeypatch):
     """The GPU all-positions setting (two shard writers at once, three buffer sets) gives the same
     files' content as one writer; shards may finish out of order."""
-    from hf_introspect import collector
-    from hf_introspect.collector import collect
+    from hf_introspect.collection import run as collector
+    from hf_introspect.collection.run import collect
 
     one = collect(run_cfg(tmp_path, tiny_model_dir, "one", batch_size=2, save_every=1), questions=make_questions(9))
     monkeypatch.setattr(collector, "_writer_count", lambda device, cfg: 2)
@@ -159,8 +159,8 @@ def test_two_writers_full_disk_keeps_whole_shards_and_resumes(tiny_model_dir, tm
 
     from datasets.arrow_writer import ArrowWriter
 
-    from hf_introspect import collector
-    from hf_introspect.collector import collect
+    from hf_introspect.collection import run as collector
+    from hf_introspect.collection.run import collect
     from hf_introspect.errors import UserError
 
     ref = collect(run_cfg(tmp_path, tiny_model_dir, "ref", batch_size=2, save_every=1, passes=("mcq",)),

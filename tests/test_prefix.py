@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from hf_introspect.inference import continue_batches, launch_batch, run_batch
-from hf_introspect.prefix import common_prefix_len, compute_shared_prefix
+from hf_introspect.collection.inference import continue_batches, launch_batch, run_batch
+from hf_introspect.collection.prefix import common_prefix_len, compute_shared_prefix
 
 from .test_inference import sharp_model
 
@@ -76,8 +76,8 @@ def test_a_sequence_without_the_prefix_is_refused():
 
 
 def test_collect_shares_the_prefix_with_the_same_values(tiny_model_dir, tmp_path, monkeypatch):
-    from hf_introspect import collector
-    from hf_introspect.collector import collect
+    from hf_introspect.collection import run as collector
+    from hf_introspect.collection.run import collect
     from hf_introspect.config import CollectConfig
     from hf_introspect.schema import layer_column
     from .test_collector import make_questions
@@ -121,7 +121,7 @@ def test_collect_shares_the_prefix_with_the_same_values(tiny_model_dir, tmp_path
             for x, y in zip(a[col], b[col]):
                 np.testing.assert_allclose(x, y, rtol=0, atol=1e-4)
     # the shared run's data equal a plain transformers forward of one whole prompt
-    from hf_introspect.model_loading import load_model
+    from hf_introspect.models.load import load_model
 
     lm = load_model(str(tiny_model_dir))
     row = shared["self_conf"].with_format("numpy", dtype=None)[4]
@@ -133,7 +133,7 @@ def test_collect_shares_the_prefix_with_the_same_values(tiny_model_dir, tmp_path
 def test_plan_states_the_shared_prefix_and_the_flag_turns_it_off(tiny_model_dir, tmp_path):
     import argparse
 
-    from hf_introspect.collector import collect
+    from hf_introspect.collection.run import collect
     from hf_introspect.commands.collect import add_arguments, config_from_args
 
     from .test_collector import make_questions
@@ -158,11 +158,11 @@ def test_plan_states_the_shared_prefix_and_the_flag_turns_it_off(tiny_model_dir,
 
 
 def test_shared_prefix_ids_scan_in_blocks_equals_the_plain_definition(tiny_model_dir, tmp_path, monkeypatch):
-    from hf_introspect import collector
+    from hf_introspect.collection import run as collector
     from hf_introspect.config import CollectConfig
-    from hf_introspect.model_loading import load_model
-    from hf_introspect.prompt_dataset import build_prompt_dataset
-    from hf_introspect.prompts import load_templates
+    from hf_introspect.models.load import load_model
+    from hf_introspect.collection.prompt_dataset import build_prompt_dataset
+    from hf_introspect.collection.prompts import load_templates
 
     from .test_collector import make_questions
 
@@ -187,8 +187,8 @@ def test_shared_prefix_ids_scan_in_blocks_equals_the_plain_definition(tiny_model
 
 
 def test_a_model_whose_cache_cannot_be_shared_runs_whole_prompts(tiny_model_dir, tmp_path, monkeypatch):
-    from hf_introspect import collector
-    from hf_introspect.collector import collect
+    from hf_introspect.collection import run as collector
+    from hf_introspect.collection.run import collect
     from hf_introspect.config import CollectConfig
 
     from .test_collector import make_questions
@@ -201,7 +201,7 @@ def test_a_model_whose_cache_cannot_be_shared_runs_whole_prompts(tiny_model_dir,
 
 
 def test_resuming_with_the_other_prefix_setting_is_refused(tiny_model_dir, tmp_path):
-    from hf_introspect.collector import collect
+    from hf_introspect.collection.run import collect
     from hf_introspect.config import CollectConfig
     from hf_introspect.errors import UserError
 
@@ -216,7 +216,7 @@ def test_resuming_with_the_other_prefix_setting_is_refused(tiny_model_dir, tmp_p
 
 def test_a_lora_model_shares_the_prefix_with_the_same_values(tiny_model_dir, tiny_lora_dir, tmp_path):
     """The PEFT wrapper passes the prefix cache through: shared == whole prompts for an adapter too."""
-    from hf_introspect.collector import collect
+    from hf_introspect.collection.run import collect
     from hf_introspect.config import CollectConfig
     from hf_introspect.schema import layer_column
 
@@ -243,7 +243,7 @@ SEQS_B = [PREFIX + q + [50, 53, 54, 55] for q in QUESTIONS]  # shares the questi
 
 @pytest.mark.parametrize("shared", [True, False])
 def test_row_prefixes_handed_to_another_pass_equal_whole_prompts(shared):
-    from hf_introspect.prefix import HandoffStore, handoff_lengths
+    from hf_introspect.collection.prefix import HandoffStore, handoff_lengths
 
     net = model()
     prefix = compute_shared_prefix(net, PREFIX, LAYERS) if shared else None
@@ -269,7 +269,7 @@ def test_row_prefixes_handed_to_another_pass_equal_whole_prompts(shared):
 
 
 def test_row_prefix_checks_its_tokens_and_needs_hidden_states_for_kept_positions():
-    from hf_introspect.prefix import HandoffStore, handoff_lengths
+    from hf_introspect.collection.prefix import HandoffStore, handoff_lengths
 
     net = model()
     q = handoff_lengths(SEQS_A, SEQS_B, 0)
@@ -292,8 +292,8 @@ def test_row_prefix_checks_its_tokens_and_needs_hidden_states_for_kept_positions
 def test_a_resumed_pass_gets_its_handed_prefixes_again_bit_exactly(tiny_model_dir, tmp_path, monkeypatch):
     """Interrupted after self_conf's shard 0 is stored but before other_conf's: the resumed run runs
     self_conf's prompt forwards of that shard again (nothing stored) and equals an uninterrupted run."""
-    from hf_introspect import collector
-    from hf_introspect.collector import collect
+    from hf_introspect.collection import run as collector
+    from hf_introspect.collection.run import collect
     from hf_introspect.config import CollectConfig
 
     from .test_collector import make_questions
@@ -334,10 +334,10 @@ def test_plan_states_the_exact_memory_the_handed_prefixes_hold(tiny_model_dir, t
                                                                batch_size, act_dtype):
     """The plan's "up to X of host memory" is the largest HandoffStore of the run, to the byte:
     padding inside each micro-batch included, hidden states only where the later pass stores them."""
-    from hf_introspect import collector, prefix
-    from hf_introspect.collector import collect
+    from hf_introspect.collection import run as collector, prefix
+    from hf_introspect.collection.run import collect
     from hf_introspect.config import CollectConfig
-    from hf_introspect.planning import fmt_bytes
+    from hf_introspect.collection.planning import fmt_bytes
 
     from .test_collector import make_questions
 

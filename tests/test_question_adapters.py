@@ -14,7 +14,7 @@ import datasets
 import pytest
 
 from hf_introspect.errors import UserError
-from hf_introspect.question_adapters import (
+from hf_introspect.questions.adapters import (
     ADAPTERS,
     SKIP_FEWER,
     SKIP_FEWER_DISTINCT,
@@ -35,7 +35,7 @@ from hf_introspect.question_adapters import (
     question_rng,
     resolve_answer,
 )
-from hf_introspect.questions import QUESTION_FEATURES, load_questions, load_questions_with_report
+from hf_introspect.questions.sources import QUESTION_FEATURES, load_questions, load_questions_with_report
 
 # --------------------------------------------------------------------------------------------
 # Fixtures in each dataset's real schema (column names and nesting as on the Hub)

@@ -1,4 +1,4 @@
-"""Properties of the built-in question bank (hf_introspect.question_bank)."""
+"""Properties of the built-in question bank (hf_introspect.questions.bank)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from importlib.resources import files
 
 import pytest
 
-from hf_introspect import question_bank
-from hf_introspect.question_bank import BANK_SOURCE, bank_size, build_question_bank, topic_counts
+from hf_introspect.questions import bank as question_bank
+from hf_introspect.questions.bank import BANK_SOURCE, bank_size, build_question_bank, topic_counts
 
 LETTERS = ["A", "B", "C", "D"]
 
@@ -31,7 +31,7 @@ def by_id(bank):
 
 
 def facts(name):
-    return json.loads(files("hf_introspect.data.facts").joinpath(name).read_text(encoding="utf-8"))
+    return json.loads(files("hf_introspect.questions.data.facts").joinpath(name).read_text(encoding="utf-8"))
 
 
 def correct(q):
@@ -147,7 +147,7 @@ def test_same_seed_is_identical(bank):
 def test_identical_across_processes(bank):
     # A fresh interpreter with a different string-hash salt must produce the same bytes: nothing may
     # depend on Python's salted hash() or on set iteration order.
-    code = ("import hashlib, json; from hf_introspect.question_bank import build_question_bank; "
+    code = ("import hashlib, json; from hf_introspect.questions.bank import build_question_bank; "
             "print(hashlib.sha256(json.dumps(build_question_bank(0), sort_keys=True, ensure_ascii=False)"
             ".encode()).hexdigest())")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -221,7 +221,7 @@ def test_excluded_distractors_never_offered(seed):
 
 
 def test_fact_tables_are_package_data():
-    names = {p.name for p in files("hf_introspect.data.facts").iterdir() if p.name.endswith(".json")}
+    names = {p.name for p in files("hf_introspect.questions.data.facts").iterdir() if p.name.endswith(".json")}
     assert names == {"artworks.json", "books.json", "countries.json", "discoveries.json", "elements.json",
                      "events.json", "how_many.json", "landmarks.json", "music.json", "science.json", "units.json"}
 

@@ -13,7 +13,7 @@ import datasets
 import pytest
 
 from hf_introspect.errors import UserError
-from hf_introspect.questions import (
+from hf_introspect.questions.sources import (
     QUESTION_FEATURES,
     load_questions,
     load_questions_with_report,
@@ -341,9 +341,9 @@ def test_builtin_bank_through_validation(monkeypatch):
         return [{**normalised(i), "question_source": "builtin", "option_source_index": [0, 1, 2, 3]}
                 for i in range(6)]
 
-    fake = types.ModuleType("hf_introspect.question_bank")
+    fake = types.ModuleType("hf_introspect.questions.bank")
     fake.build_question_bank, fake.BANK_SOURCE = fake_bank, "builtin"
-    monkeypatch.setitem(sys.modules, "hf_introspect.question_bank", fake)
+    monkeypatch.setitem(sys.modules, "hf_introspect.questions.bank", fake)
     ds, report = load_questions_with_report(None, seed=4, num_questions=3)
     assert calls == [4] and len(ds) == 3 and report.source == "builtin"
     assert set(ds["question_source"]) == {"builtin"}
@@ -351,7 +351,7 @@ def test_builtin_bank_through_validation(monkeypatch):
 
 
 def test_real_builtin_bank_if_present():
-    pytest.importorskip("hf_introspect.question_bank", reason="question_bank.py not written yet")
+    pytest.importorskip("hf_introspect.questions.bank", reason="question_bank.py not written yet")
     ds = load_questions(seed=0)
     assert ds.features == QUESTION_FEATURES and len(ds) > 0
     assert len(set(ds["question_id"])) == len(ds)

@@ -4,6 +4,6 @@ prefix kept: what the hand-off saves on its own."""
 
 
 def apply():
-    from hf_introspect import collector
+    from hf_introspect.collection import run as collector
 
     collector._handoff_pairs = lambda cfg, prompts, contexts: {}

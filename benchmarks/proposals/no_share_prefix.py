@@ -5,7 +5,7 @@ import dataclasses
 
 
 def apply():
-    from hf_introspect import collector
+    from hf_introspect.collection import run as collector
 
     real = collector.collect
 

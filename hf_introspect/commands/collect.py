@@ -63,7 +63,7 @@ def _folder_size(path: Path) -> int:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)  # validates every flag before anything heavy is imported
-    from ..collector import collect
+    from ..collection.run import collect
 
     start = time.perf_counter()
     ds = collect(cfg)

@@ -22,7 +22,7 @@ def _size(text: str) -> int:
 
 
 def add_encoding_arguments(p: argparse.ArgumentParser) -> None:
-    from ..hub import COMPRESSIONS, DEFAULT_COMPRESSION
+    from ..runs.hub import COMPRESSIONS, DEFAULT_COMPRESSION
 
     g = p.add_argument_group("parquet encoding (hub layout)")
     g.add_argument("--max_shard_size", type=_size, default="500MB", help="Arrow bytes per parquet file (default 500MB)")
@@ -55,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.format == "npy":
-        from ..npy_export import export_npy
+        from ..runs.npy_export import export_npy
 
         layers = None
         if args.layers:
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
                   f"[{r['questions']}, {r['max_positions']}, hidden] float16")
         print(f"wrote {args.to} (rows right-padded with zeros; metadata[i]['num_positions'] rows are real)")
         return 0
-    from ..hub import export_hub_layout
+    from ..runs.hub import export_hub_layout
 
     report = export_hub_layout(args.output_dir, args.to, config_name=args.config_name, repo_id=args.repo_id,
                                **encoding_kwargs(args))

@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import UserError
-    from ..metrics import require_analysis
+    from ..analysis.inspect.metrics import require_analysis
 
     if args.show_examples < 0:
         raise UserError(f"--show_examples must be >= 0 (got {args.show_examples})")
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         require_analysis("matplotlib")
     from datasets.utils import logging as ds_logging
 
-    from .. import inspection
+    from ..analysis.inspect import summary as inspection
 
     bars = ds_logging.is_progress_bar_enabled()
     ds_logging.disable_progress_bar()  # "Generating split" bars of exported folders are noise here
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         if bars:
             ds_logging.enable_progress_bar()
     if args.plots:
-        from ..plots import write_plots
+        from ..analysis.inspect.plots import write_plots
 
         report["plots"] = [str(p) for p in write_plots(args.plots, run_a, run_b, report)]
     if args.json:

@@ -12,7 +12,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..merge import merge_runs
+    from ..runs.merge import merge_runs
 
     merged = merge_runs(args.runs, args.to, copy_files=args.copy)
     rows = ", ".join(f"{n} {s.num_rows} rows" for n, s in merged.splits.items())

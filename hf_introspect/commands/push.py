@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..hub import push_run
+    from ..runs.hub import push_run
 
     report = push_run(args.output_dir, args.repo_id, config_name=args.config_name, private=args.private,
                       revision=args.revision, commit_message=args.commit_message, **encoding_kwargs(args))

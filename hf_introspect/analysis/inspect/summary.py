@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics as M
-from .errors import UserError
-from .prompts import (ANSWER_LABELS, CONFIDENCE_LABELS, CONFIDENCE_RANGES, PASSES, PROMPT_TYPES,
+from ...errors import UserError
+from ...collection.prompts import (ANSWER_LABELS, CONFIDENCE_LABELS, CONFIDENCE_RANGES, PASSES, PROMPT_TYPES,
                       labels_for_pass)
-from .storage import DATASET_DICT, RUN_CONFIG, read_run_config, split_is_final
+from ...collection.storage import DATASET_DICT, RUN_CONFIG, read_run_config, split_is_final
 
 SCORE_COLUMN = {"self_conf": "self_confidence", "other_conf": "other_confidence"}
 _META = ("question_id", "question_source", "correct_answer_letter", "model_name", "checkpoint_id", "temperature",
@@ -177,7 +177,7 @@ def _open_local_root(root: Path, focus: str | None, location: str) -> Run:
 
 def _open_with_loader(location: str, config: str | None, focus: str | None) -> Run:
     try:
-        from . import loading
+        from ... import loading
     except ImportError as exc:
         raise UserError(f"{location} is not a local run folder, and reading exported folders or Hub repos "
                         "(with --config) is not supported yet by this version of hf_introspect") from exc
@@ -280,7 +280,7 @@ def answer_activations(p: PassData, layer: int, rows) -> np.ndarray:
     """
     import pyarrow as pa
 
-    from .schema import layer_column
+    from ...schema import layer_column
 
     rows = np.asarray(rows, dtype=np.int64)
     out = np.empty((len(rows), p.hidden or 0), dtype=np.dtype(p.act_dtype or "float32"))
@@ -307,7 +307,7 @@ def activation_shapes(p: PassData, row: int) -> dict[int, tuple[int, int]]:
     """Per stored layer, the (positions, hidden) shape of one row's activations."""
     import pyarrow as pa
 
-    from .schema import layer_column
+    from ...schema import layer_column
 
     indices = getattr(p.ds, "_indices", None)
     raw = int(indices.column(0)[row].as_py()) if indices is not None else row

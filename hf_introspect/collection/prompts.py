@@ -22,7 +22,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 PASSES = ("mcq", "self_conf", "other_conf")
 # The seed README's `prompt_type` values, one per pass.

@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import UserError
+from ..errors import UserError
 
 LETTERS = ("A", "B", "C", "D")
 NUM_OPTIONS = len(LETTERS)

@@ -9,8 +9,8 @@ from __future__ import annotations
 from datasets import Dataset, Features
 
 from .prompts import ANSWER_LABELS, PROMPT_TYPES, char_span_to_token_span, fill_prompt, marked_prompt
-from .schema import prompt_features, question_features
-from .surface import surface_features
+from ..schema import prompt_features, question_features
+from ..questions.surface import surface_features
 
 
 def _tokenize_prompts(tokenizer, texts: list[str], use_chat_template: bool):

@@ -3,7 +3,7 @@
 :func:`load_questions` returns a :class:`datasets.Dataset` with exactly :data:`QUESTION_FEATURES`
 (question ids unique), whatever the source:
 
-* ``None`` (or ``"builtin"``) -> the built-in bank (:mod:`hf_introspect.question_bank`);
+* ``None`` (or ``"builtin"``) -> the built-in bank (:mod:`hf_introspect.questions.bank`);
 * a local file ``.jsonl`` / ``.json`` (a list of objects, or JSON lines) / ``.csv`` / ``.parquet``
   in one of these forms, recognised from its keys:
 
@@ -12,7 +12,7 @@
     ``question_source`` / ``option_source_index``, when present (a re-loaded export), are kept;
   - TriviaMC: ``{qid, question, correct_answer, distractors: [3]}``;
   - the schema of a registered dataset (``cais/mmlu``, ``allenai/ai2_arc``, ...; see
-    :mod:`hf_introspect.question_adapters`), auto-detected or forced with ``source_format``;
+    :mod:`hf_introspect.questions.adapters`), auto-detected or forced with ``source_format``;
   - anything else through a column mapping ``columns={"question", "answer", "options"[, "id"]}``;
 * ``hub:REPO[:CONFIG][:SPLIT]`` -> :func:`datasets.load_dataset` through the adapter registry
   (a generic fallback tries common column names for unknown repos).
@@ -45,8 +45,8 @@ from typing import Any
 
 import datasets
 
-from .errors import UserError
-from .question_adapters import (
+from ..errors import UserError
+from .adapters import (
     ADAPTERS,
     GENERIC,
     LETTERS,
@@ -323,7 +323,7 @@ def _where_name(source: str | None) -> str:
 
 def _builtin_rows(seed: int) -> tuple[str, Rows]:
     # Imported lazily: the bank is a separate module and only needed when no source is given.
-    from .question_bank import BANK_SOURCE, build_question_bank
+    from .bank import BANK_SOURCE, build_question_bank
 
     rows = build_question_bank(seed)
     return BANK_SOURCE, [(f"built-in question bank item {i}", row) for i, row in enumerate(rows)]

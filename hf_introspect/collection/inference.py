@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .model_loading import final_norm
+from ..models.load import final_norm
 from .readout import restricted_logits
 
 ACT_DTYPES = {"float16": torch.float16, "float32": torch.float32}
@@ -302,9 +302,9 @@ def launch_batch(net, sequences: list[list[int]], *, pad_id: int, label_ids: dic
     without it every batch gets fresh memory (page faults on every call: ~1 s per GB on a small VM).
     ``defer_continuation=True`` leaves the continuation to :func:`continue_batches` (the
     returned batch keeps the prompt's KV cache in ``.decode``; its hidden states are freed).
-    ``prefix`` (a :class:`hf_introspect.prefix.SharedPrefix` every sequence starts with) skips
+    ``prefix`` (a :class:`hf_introspect.collection.prefix.SharedPrefix` every sequence starts with) skips
     recomputing those tokens: only the rest of each row runs, on top of the prefix's cache.
-    ``row_prefix`` (a :class:`hf_introspect.prefix.RowPrefix`, rows in this batch's order) goes
+    ``row_prefix`` (a :class:`hf_introspect.collection.prefix.RowPrefix`, rows in this batch's order) goes
     further: row r's next ``row_prefix.lengths[r]`` tokens were run by another pass's forward,
     and only the tokens after them run here. ``export[r]`` asks for the opposite: the keys/values
     (and, with ``export_hidden``, the stored layers' hidden states) of row r's first ``export[r]``

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from datasets import Dataset, concatenate_datasets
 
-from .errors import UserError
+from ..errors import UserError
 
 RUN_CONFIG = "run_config.json"
 DATASET_DICT = "dataset_dict.json"

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from . import gguf_cache
-from .errors import UserError
+from ..errors import UserError
 
 logger = logging.getLogger("hf_introspect")
 

@@ -24,18 +24,18 @@ from datasets import Dataset, DatasetDict, Features, load_from_disk
 from datasets.arrow_writer import OptimizedTypedSequence
 from datasets.utils import logging as ds_logging
 
-from . import __version__
-from .config import CollectConfig, config_hash, kept_positions, parse_layers
-from .errors import UserError
+from .. import __version__
+from ..config import CollectConfig, config_hash, kept_positions, parse_layers
+from ..errors import UserError
 from .inference import BatchOutput, PendingBatch, continue_batches, launch_batch, row_generator
-from .model_loading import LoadedModel, load_model
+from ..models.load import LoadedModel, load_model
 from .pipeline import HostBuffers, ShardJob, ShardPrefetcher
 from .planning import Plan, check_fits, fmt_bytes, free_bytes, host_buffer_bytes, plan_pass
 from .prompt_dataset import build_prompt_dataset
 from .prefix import MIN_SHARED_TOKENS, HandoffStore, SharedPrefix, compute_shared_prefix, handoff_lengths
 from .prompts import PROMPT_TYPES, labels_for_pass, load_templates
 from .readout import entropy_nats, expected_confidence, logit_margin, parse_label, resolve_label_token_ids, softmax_np
-from .schema import layer_column, pass_features
+from ..schema import layer_column, pass_features
 from .storage import (check_output_dir, clean_partial_files, existing_bytes, finalize_run, finalize_split,
                       prepare_output_dir, shard_path, split_is_final)
 
@@ -596,7 +596,7 @@ def build_run_config(cfg: CollectConfig, lm: LoadedModel, templates: dict, layer
 
 def _load_question_set(cfg: CollectConfig, questions: Dataset | None) -> Dataset:
     if questions is None:
-        from .questions import load_questions, parse_question_columns
+        from ..questions.sources import load_questions, parse_question_columns
 
         columns = parse_question_columns(cfg.question_columns) if cfg.question_columns else None
         return load_questions(cfg.questions, num_questions=cfg.num_questions, seed=cfg.seed,

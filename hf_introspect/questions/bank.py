@@ -1,7 +1,7 @@
 """The built-in question bank: >= 1,000 offline 4-option multiple-choice questions.
 
 The questions are generated from small fact tables shipped as package data
-(``hf_introspect/data/facts/*.json``, one file per topic): countries (capital, capital -> country,
+(``hf_introspect/questions/data/facts/*.json``, one file per topic): countries (capital, capital -> country,
 continent, currency, official language), the 118 chemical elements (symbol, symbol -> element,
 atomic number), authors of literary works, artists of paintings, composers, years of historical
 events, SI units, counting facts, general science, discoverers and inventors, and the locations of
@@ -10,7 +10,7 @@ plausible distractor would be arguably correct too (a regional co-official langu
 common parallel use, another painting with the same title...) the table lists it under
 ``exclude`` so it is never offered.
 
-Each question is laid out like every other source in :mod:`hf_introspect.questions`::
+Each question is laid out like every other source in :mod:`hf_introspect.questions.sources`::
 
     {"question_id": "builtin-capital-of-france", "question_text": "What is the capital of France?",
      "options": {"A": ..., "B": ..., "C": ..., "D": ...}, "correct_answer_letter": "B",
@@ -71,7 +71,7 @@ ATOMIC_NUMBER_SPREAD = 6
 
 
 def _question_rng(seed: int, question_id: str) -> random.Random:
-    # Same recipe as hf_introspect.question_adapters.question_rng: crc32 (not the salted hash())
+    # Same recipe as hf_introspect.questions.adapters.question_rng: crc32 (not the salted hash())
     # keeps it identical across processes, and a question's layout doesn't depend on its neighbours.
     return random.Random(int(seed) * 0x1_0000_0000 + zlib.crc32(question_id.encode("utf-8")))
 
@@ -101,7 +101,7 @@ def _shares_word(a: str, b: str) -> bool:
 @functools.lru_cache(maxsize=None)
 def _load(name: str) -> dict:
     # importlib.resources, not a path next to __file__, so this works from a wheel or zip too.
-    return json.loads(files("hf_introspect.data.facts").joinpath(name).read_text(encoding="utf-8"))
+    return json.loads(files("hf_introspect.questions.data.facts").joinpath(name).read_text(encoding="utf-8"))
 
 
 def _unique(values: Iterable[str]) -> list[str]:

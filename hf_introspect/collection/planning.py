@@ -10,8 +10,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import kept_positions
-from .errors import UserError
+from ..config import kept_positions
+from ..errors import UserError
 
 # Per-row metadata beyond the token-proportional columns (texts, prompt, distributions): measured
 # ~2-4 KB on the embedded model; a generous constant keeps the plan an upper bound.

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import UserError
+from ...errors import UserError
 
 ANALYSIS_HINT = "pip install hf_introspect[analysis]"
 

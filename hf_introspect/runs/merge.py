@@ -15,9 +15,9 @@ import os
 import shutil
 from pathlib import Path
 
-from .config import config_hash
-from .errors import UserError
-from .loading import RUN_CONFIG, RunFiles, open_run
+from ..config import config_hash
+from ..errors import UserError
+from ..loading import RUN_CONFIG, RunFiles, open_run
 
 logger = logging.getLogger("hf_introspect")
 
@@ -62,7 +62,7 @@ def _question_ids(run: RunFiles) -> list[str]:
 def check_mergeable(runs: list[RunFiles]) -> list[list[str]]:
     """Raise a one-line UserError unless the runs share model, settings, passes and columns and
     have disjoint question ids. Returns each run's question ids."""
-    from .storage import diff_keys
+    from ..collection.storage import diff_keys
 
     if len(runs) < 2:
         raise UserError("merge needs at least two runs")
@@ -115,7 +115,7 @@ def merge_runs(run_dirs: list[str | Path], to: str | Path, *, copy_files: bool =
         >>> load_from_disk("run_all")["mcq"].num_rows               # doctest: +SKIP
         1000
     """
-    from .storage import finalize_run, finalize_split, shard_path, write_json_atomic
+    from ..collection.storage import finalize_run, finalize_split, shard_path, write_json_atomic
 
     runs = [open_run(p) for p in run_dirs]
     out = Path(to)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .prompts import CONFIDENCE_LABELS, CONFIDENCE_RANGES
+from ...collection.prompts import CONFIDENCE_LABELS, CONFIDENCE_RANGES
 
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
 _PASS_COLORS = {"mcq": "#1f77b4", "self_conf": "#d62728", "other_conf": "#2ca02c"}
@@ -151,7 +151,7 @@ def layer_similarity(path: Path, similarity: dict[str, dict], names: list[str]) 
 
 def write_plots(outdir: str | Path, run_a, run_b, report: dict) -> list[Path]:
     """Write every plot that the runs' passes allow; returns the paths written."""
-    from .inspection import join_passes
+    from .summary import join_passes
 
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
@@ -163,7 +163,7 @@ def write_plots(outdir: str | Path, run_a, run_b, report: dict) -> list[Path]:
     else:
         names = report["names"]
         cals = [report["calibration"]["a"], report["calibration"]["b"]]
-        from .inspection import confidence
+        from .summary import confidence
 
         confs = [confidence(run_a), confidence(run_b)]
     written = []

@@ -11,7 +11,7 @@ import re
 import numpy as np
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 from .prompts import CONFIDENCE_MIDPOINTS
 
 

@@ -18,7 +18,7 @@ def __getattr__(name):
 
         return collect
     if name in ("load_run", "layer_matrix"):
-        from . import loading
+        from .runs import read
 
-        return getattr(loading, name)
+        return getattr(read, name)
     raise AttributeError(name)

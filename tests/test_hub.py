@@ -19,7 +19,7 @@ from hf_introspect.collection.run import collect
 from hf_introspect.config import CollectConfig
 from hf_introspect.errors import UserError
 from hf_introspect.runs.hub import default_config_name, export_hub_layout, push_run
-from hf_introspect.loading import layer_matrix, load_run
+from hf_introspect.runs.read import layer_matrix, load_run
 from hf_introspect.models.load import load_model
 from hf_introspect.schema import question_features
 
@@ -249,7 +249,7 @@ class FakeHub:
                              create_commit=create_commit).items():
             monkeypatch.setattr(HfApi, name, fn)
         # conftest keeps HF_HUB_OFFLINE=1 (so any call we did not intercept fails); let push past its own check
-        monkeypatch.setattr("hf_introspect.loading._offline", lambda: False)
+        monkeypatch.setattr("hf_introspect.runs.read._offline", lambda: False)
 
     def materialize(self, repo_id: str, folder: Path) -> Path:
         for path, data in self.repos[repo_id].items():
@@ -320,7 +320,7 @@ def test_repush_replaces_the_config_files(fake_hub, runs, tmp_path):
 def test_push_refusals(runs, fake_hub, monkeypatch):
     with pytest.raises(UserError, match="USER/NAME"):
         push_run(runs["base"], "not-a-repo-id")
-    monkeypatch.setattr("hf_introspect.loading._offline", lambda: True)
+    monkeypatch.setattr("hf_introspect.runs.read._offline", lambda: True)
     with pytest.raises(UserError, match="HF_HUB_OFFLINE"):
         push_run(runs["base"], "me/acts")
     assert fake_hub.calls == []  # refused before any Hub call

@@ -12,7 +12,7 @@ import hf_introspect
 from hf_introspect.collection.run import collect
 from hf_introspect.config import CollectConfig
 from hf_introspect.errors import UserError
-from hf_introspect.loading import layer_matrix, load_run, open_run
+from hf_introspect.runs.read import layer_matrix, load_run, open_run
 from hf_introspect.schema import layer_column, question_features
 
 N = 11  # save_every=1 x batch 3 -> 4 shards, the last one short: layer_matrix crosses chunk borders

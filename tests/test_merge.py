@@ -14,7 +14,7 @@ from hf_introspect.collection.run import collect
 from hf_introspect.config import CollectConfig
 from hf_introspect.errors import UserError
 from hf_introspect.runs.hub import export_hub_layout
-from hf_introspect.loading import layer_matrix, load_run
+from hf_introspect.runs.read import layer_matrix, load_run
 from hf_introspect.runs.merge import merge_runs
 from hf_introspect.models.load import load_model
 from hf_introspect.schema import question_features

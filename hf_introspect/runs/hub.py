@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import UserError
-from ..loading import RunFiles, SplitFiles, iter_record_batches, open_run
+from .read import RunFiles, SplitFiles, iter_record_batches, open_run
 
 logger = logging.getLogger("hf_introspect")
 
@@ -597,7 +597,7 @@ def push_run(run_dir: str | Path, repo_id: str, *, config_name: str | None = Non
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    from ..loading import _offline
+    from .read import _offline
 
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id or ""):
         raise UserError(f"--repo_id {repo_id!r} must look like USER/NAME")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..config import config_hash
 from ..errors import UserError
-from ..loading import RUN_CONFIG, RunFiles, open_run
+from .read import RUN_CONFIG, RunFiles, open_run
 
 logger = logging.getLogger("hf_introspect")
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..loading import RUN_CONFIG, SplitFiles, _list_parts, iter_record_batches, open_run
+from .read import RUN_CONFIG, SplitFiles, _list_parts, iter_record_batches, open_run
 
 logger = logging.getLogger("hf_introspect")
 

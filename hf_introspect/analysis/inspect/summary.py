@@ -2,7 +2,7 @@
 
 A *run* is what ``collect`` writes (``RUN/run_config.json`` + one split per pass). It can be named
 by its root folder or by one pass's folder (``RUN/mcq``, as in the seed's commands); an exported
-folder or a Hub repo is read through :func:`hf_introspect.loading.load_run` when that module exists.
+folder or a Hub repo is read through :func:`hf_introspect.runs.read.load_run` when that module exists.
 
 Only the metadata columns are read in full. Activations are read one layer at a time and only at
 the answer position (the last stored row, when ``activation_positions[-1] == seq_len - 1``),
@@ -177,7 +177,7 @@ def _open_local_root(root: Path, focus: str | None, location: str) -> Run:
 
 def _open_with_loader(location: str, config: str | None, focus: str | None) -> Run:
     try:
-        from ... import loading
+        from ...runs import read as loading
     except ImportError as exc:
         raise UserError(f"{location} is not a local run folder, and reading exported folders or Hub repos "
                         "(with --config) is not supported yet by this version of hf_introspect") from exc

@@ -22,7 +22,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
 
 RUN_CONFIG = "run_config.json"
 DATASET_DICT = "dataset_dict.json"
@@ -214,7 +214,7 @@ def load_run(path_or_repo: str | Path, config: str | None = None, split: str = "
 # ---------------------------------------------------------------------------------------------
 
 def _layer_name(ds, layer) -> str:
-    from .schema import layer_column
+    from ..schema import layer_column
 
     stored = [c for c in ds.column_names if c.startswith(_LAYER_PREFIX)]
     if isinstance(layer, (int, np.integer)):

@@ -217,7 +217,8 @@ def run_hf(lm, qs, args, out: Path, patch: str | None = None) -> dict:
 def run_ref(lm, qs, args, out: Path) -> dict:
     from reference_loop import reference_collect
     from hf_introspect.collection.prompt_dataset import build_prompt_dataset
-    from hf_introspect.collection.prompts import PASSES, labels_for_pass, load_templates
+    from hf_introspect.passes import PASSES, labels_for_pass
+    from hf_introspect.collection.prompts import load_templates
     from hf_introspect.collection.readout import resolve_label_token_ids
 
     t0 = time.perf_counter()

@@ -123,7 +123,8 @@ def main(argv=None) -> int:
     from hf_introspect.collection.inference import forward_hidden, left_pad
     from hf_introspect.models.load import load_model
     from hf_introspect.collection.prompt_dataset import build_prompt_dataset
-    from hf_introspect.collection.prompts import PASSES, load_templates
+    from hf_introspect.passes import PASSES
+    from hf_introspect.collection.prompts import load_templates
     from hf_introspect.questions.sources import load_questions
 
     warnings.filterwarnings("ignore")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .collection.prompts import PASSES
+from .passes import PASSES
 
 POSITION_MODES = ("all", "last", "answer", "question", "question+last")
 

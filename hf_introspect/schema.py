@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datasets import Array2D, Features, Sequence, Value
 
-from .collection.prompts import ANSWER_LABELS
+from .passes import ANSWER_LABELS
 
 
 def layer_column(index: int) -> str:

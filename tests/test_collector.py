@@ -10,7 +10,7 @@ from datasets import Array2D, Dataset, Features, load_dataset, load_from_disk
 from hf_introspect.collection.run import collect
 from hf_introspect.config import CollectConfig
 from hf_introspect.errors import UserError
-from hf_introspect.collection.prompts import CONFIDENCE_MIDPOINTS
+from hf_introspect.passes import CONFIDENCE_MIDPOINTS
 from hf_introspect.schema import layer_column, question_features
 
 N_QUESTIONS = 11  # not a multiple of the shard size: the last shard is short

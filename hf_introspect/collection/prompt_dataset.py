@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from datasets import Dataset, Features
 
-from .prompts import ANSWER_LABELS, PROMPT_TYPES, char_span_to_token_span, fill_prompt, marked_prompt
+from ..passes import ANSWER_LABELS, PROMPT_TYPES
+from .prompts import char_span_to_token_span, fill_prompt, marked_prompt
 from ..schema import prompt_features, question_features
 from ..questions.surface import surface_features
 

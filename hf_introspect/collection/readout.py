@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .prompts import CONFIDENCE_MIDPOINTS
+from ..passes import CONFIDENCE_MIDPOINTS
 
 
 def resolve_label_token_ids(tokenizer, labels: tuple[str, ...]) -> dict[str, list[int]]:

@@ -33,7 +33,8 @@ from .pipeline import HostBuffers, ShardJob, ShardPrefetcher
 from .planning import Plan, check_fits, fmt_bytes, free_bytes, host_buffer_bytes, plan_pass
 from .prompt_dataset import build_prompt_dataset
 from .prefix import MIN_SHARED_TOKENS, HandoffStore, SharedPrefix, compute_shared_prefix, handoff_lengths
-from .prompts import PROMPT_TYPES, labels_for_pass, load_templates
+from ..passes import PROMPT_TYPES, labels_for_pass
+from .prompts import load_templates
 from .readout import entropy_nats, expected_confidence, logit_margin, parse_label, resolve_label_token_ids, softmax_np
 from ..schema import layer_column, pass_features
 from .storage import (check_output_dir, clean_partial_files, existing_bytes, finalize_run, finalize_split,

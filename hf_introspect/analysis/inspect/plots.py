@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...collection.prompts import CONFIDENCE_LABELS, CONFIDENCE_RANGES
+from ...passes import CONFIDENCE_LABELS, CONFIDENCE_RANGES
 
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
 _PASS_COLORS = {"mcq": "#1f77b4", "self_conf": "#d62728", "other_conf": "#2ca02c"}

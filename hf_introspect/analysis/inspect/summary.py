@@ -27,8 +27,7 @@ import numpy as np
 
 from . import metrics as M
 from ...errors import UserError
-from ...collection.prompts import (ANSWER_LABELS, CONFIDENCE_LABELS, CONFIDENCE_RANGES, PASSES, PROMPT_TYPES,
-                      labels_for_pass)
+from ...passes import ANSWER_LABELS, CONFIDENCE_LABELS, CONFIDENCE_RANGES, PASSES, PROMPT_TYPES, labels_for_pass
 from ...collection.storage import DATASET_DICT, RUN_CONFIG, read_run_config, split_is_final
 
 SCORE_COLUMN = {"self_conf": "self_confidence", "other_conf": "other_confidence"}

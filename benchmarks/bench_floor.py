@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     import torch.nn.functional as F
     from datasets.utils import logging as ds_logging
 
-    from hf_introspect.collection.inference import forward_hidden, left_pad
+    from hf_introspect.collection.forward import forward_hidden, left_pad
     from hf_introspect.models.load import load_model
     from hf_introspect.collection.prompt_dataset import build_prompt_dataset
     from hf_introspect.passes import PASSES

@@ -249,7 +249,7 @@ class FakeHub:
                              create_commit=create_commit).items():
             monkeypatch.setattr(HfApi, name, fn)
         # conftest keeps HF_HUB_OFFLINE=1 (so any call we did not intercept fails); let push past its own check
-        monkeypatch.setattr("hf_introspect.runs.read._offline", lambda: False)
+        monkeypatch.setattr("hf_introspect.runs.read.offline", lambda: False)
 
     def materialize(self, repo_id: str, folder: Path) -> Path:
         for path, data in self.repos[repo_id].items():
@@ -320,7 +320,7 @@ def test_repush_replaces_the_config_files(fake_hub, runs, tmp_path):
 def test_push_refusals(runs, fake_hub, monkeypatch):
     with pytest.raises(UserError, match="USER/NAME"):
         push_run(runs["base"], "not-a-repo-id")
-    monkeypatch.setattr("hf_introspect.runs.read._offline", lambda: True)
+    monkeypatch.setattr("hf_introspect.runs.read.offline", lambda: True)
     with pytest.raises(UserError, match="HF_HUB_OFFLINE"):
         push_run(runs["base"], "me/acts")
     assert fake_hub.calls == []  # refused before any Hub call

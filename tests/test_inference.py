@@ -137,7 +137,7 @@ def test_merged_sampling_equals_sampling_per_batch():
 def test_unmergeable_caches_are_decoded_one_batch_at_a_time(monkeypatch):
     net = sharp_model()
     a, b = deferred(net, SEQS, max_new_tokens=3), deferred(net, MORE, max_new_tokens=3)
-    monkeypatch.setattr(inference, "_cache_tensors", lambda cache: None)  # e.g. a sliding-window cache
+    monkeypatch.setattr(inference, "cache_tensors", lambda cache: None)  # e.g. a sliding-window cache
     ids_a, ids_b = continue_batches(net, [a.decode, b.decode], max_new_tokens=3)
     assert ids_a == [greedy(net, s, 3) for s in SEQS] and ids_b == [greedy(net, s, 3) for s in MORE]
     # such a batch is not deferred at all: holding its cache would gain nothing

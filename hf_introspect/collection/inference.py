@@ -10,16 +10,16 @@ the number of micro-batches merged.
 
 from __future__ import annotations
 
-import inspect
 import zlib
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..models.load import final_norm
+from .forward import (cache_kwarg, cache_of, cache_tensors, forward_hidden, left_pad, pad_left,
+                      to_device)
+from .prefix import RowPrefix
 from .readout import restricted_logits
 
 ACT_DTYPES = {"float16": torch.float16, "float32": torch.float32}
@@ -35,73 +35,6 @@ class BatchOutput:
     # (n_stored, n_kept_total, hidden): the host array the per-row views above point into, rows
     # in batch order; None once a caller has copied them out
     stacked: np.ndarray | None = None
-
-
-@contextmanager
-def capture_pre_norm(net):
-    """Capture the input of the final norm (the last block's residual output, before the norm).
-
-    transformers' ``hidden_states[-1]`` is taken AFTER the final norm for Llama; every other entry
-    is a raw residual, so we swap the last one for the pre-norm tensor to keep the stack uniform.
-    """
-    store: dict[str, torch.Tensor] = {}
-
-    def hook(_module, args):
-        store.setdefault("x", args[0])  # first call = the prompt forward; decode steps ignored
-
-    handle = final_norm(net).register_forward_pre_hook(hook)
-    try:
-        yield store
-    finally:
-        handle.remove()
-
-
-def forward_hidden(net, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, *, use_cache: bool, **extra):
-    """One forward with every layer's residual stream: returns (model output, hidden), hidden being
-    n_layers + 1 tensors of (batch, T, hidden) whose last entry is taken before the final norm."""
-    with capture_pre_norm(net) as pre_norm:
-        out = net(input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=True,
-                  use_cache=use_cache, logits_to_keep=1, **extra)
-    hidden = list(out.hidden_states)
-    hidden[-1] = pre_norm["x"]
-    return out, hidden
-
-
-def to_device(x, device) -> torch.Tensor:
-    """Host -> device copy that does not make the host wait for the GPU.
-
-    A copy from pageable memory synchronises the stream first (CUDA semantics): the host would wait
-    for every queued kernel, e.g. the previous batch's forward, and the GPU would then idle while
-    the host launches the next one. From pinned memory the copy is queued like a kernel."""
-    t = torch.as_tensor(x)
-    device = torch.device(device)
-    if device.type != "cuda":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
-
-
-def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-pad token lists. Returns input_ids, attention_mask (batch, T) and position_ids that
-    start at 0 at each row's first real token, as in an unpadded forward."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for r, seq in enumerate(sequences):
-        ids[r, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-        mask[r, width - len(seq):] = 1
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    return to_device(ids, device), to_device(mask, device), to_device(pos, device)
-
-
-def _cache_kwarg(net) -> str:
-    """transformers >= 5.2x names the KV-cache argument ``cache``; earlier 5.x ``past_key_values``."""
-    base = net.get_base_model() if hasattr(net, "get_base_model") else net
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-
-
-def _cache_of(out):
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else out.past_key_values
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_p: float, generators: list[torch.Generator]) -> torch.Tensor:
@@ -149,27 +82,8 @@ class DecodeState:
         return self.mask.shape[0]
 
     def kv_bytes(self) -> int:
-        kv = _cache_tensors(self.cache)
+        kv = cache_tensors(self.cache)
         return sum(k.nbytes + v.nbytes for k, v in kv) if kv is not None else 0
-
-
-def _cache_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-    """Per layer (keys, values), each (batch, kv_heads, T, head_dim), of a plain full-attention
-    DynamicCache; None for any other cache (sliding windows, quantized...): those are not merged."""
-    from transformers.cache_utils import DynamicLayer
-
-    layers = getattr(cache, "layers", None)
-    if not layers or any(type(layer) is not DynamicLayer or getattr(layer, "keys", None) is None
-                         for layer in layers):
-        return None
-    return [(layer.keys, layer.values) for layer in layers]
-
-
-def pad_left(t: torch.Tensor, dim: int, width: int) -> torch.Tensor:
-    """``t`` zero-padded on the left of dimension ``dim`` to ``width`` (caches and masks of
-    left-padded rows keep their real tokens right-aligned)."""
-    pad = [0, 0] * (t.dim() - 1 - dim) + [width - t.shape[dim], 0]
-    return torch.nn.functional.pad(t, pad)
 
 
 def merge_decode_states(states: list[DecodeState]) -> DecodeState | None:
@@ -188,7 +102,7 @@ def merge_decode_states(states: list[DecodeState]) -> DecodeState | None:
 
     if len(states) == 1:
         return states[0]
-    per_state = [_cache_tensors(s.cache) for s in states]
+    per_state = [cache_tensors(s.cache) for s in states]
     if any(kv is None for kv in per_state) or len({len(kv) for kv in per_state}) != 1:
         return None
     n_layers = len(per_state[0])
@@ -327,7 +241,7 @@ def launch_batch(net, sequences: list[list[int]], *, pad_id: int, label_ids: dic
     extra = {}
     if P or row_prefix is not None:
         pos = pos + to_device(torch.as_tensor(P + Q)[:, None], device)
-        extra[_cache_kwarg(net)] = _prefix_cache(prefix, row_prefix, b)
+        extra[cache_kwarg(net)] = _prefix_cache(prefix, row_prefix, b)
         parts = [torch.ones((b, P), dtype=mask.dtype, device=device)] if P else []
         if row_prefix is not None:
             parts.append(row_prefix.mask.to(device=device, dtype=mask.dtype))
@@ -399,10 +313,10 @@ def launch_batch(net, sequences: list[list[int]], *, pad_id: int, label_ids: dic
     tokens = decode = None
     if max_new_tokens > 0:
         gens = generators or [torch.Generator() for _ in sequences]
-        if defer_continuation and _cache_tensors(_cache_of(out)) is not None:  # else no merge: decode now
-            decode = DecodeState(_cache_of(out), next_logits, mask, gens)
+        if defer_continuation and cache_tensors(cache_of(out)) is not None:  # else no merge: decode now
+            decode = DecodeState(cache_of(out), next_logits, mask, gens)
         else:
-            tokens = _to_host(_continue(net, _cache_of(out), next_logits, mask, max_new_tokens, temperature, top_p,
+            tokens = _to_host(_continue(net, cache_of(out), next_logits, mask, max_new_tokens, temperature, top_p,
                                         eos_ids, gens))
     del out  # the hidden states of every layer: only the gathered copy is kept
     event = None
@@ -434,9 +348,7 @@ def _export_rows(out, hidden, sequences, P: int, width: int, export: list[int], 
     """Row r's first ``export[r]`` tokens after the shared prefix, from this forward: keys/values of
     every block and (``layers`` given) those layers' hidden states, as a RowPrefix right-aligned in
     the width of the longest. None when the cache is not a plain DynamicCache."""
-    from .prefix import RowPrefix
-
-    kv = _cache_tensors(_cache_of(out))
+    kv = cache_tensors(cache_of(out))
     if kv is None:
         return None
     n = np.asarray(export, dtype=np.int64)  # (batch,)
@@ -486,7 +398,7 @@ def _continue(net, cache, next_logits, mask, max_new_tokens, temperature, top_p,
     b = next_logits.shape[0]
     lengths = mask.sum(-1)  # (rows,) next position id per row
     eos = to_device(torch.tensor(sorted(eos_ids), dtype=torch.long), device) if eos_ids else None
-    compact = compact and eos is not None and _cache_tensors(cache) is not None
+    compact = compact and eos is not None and cache_tensors(cache) is not None
     # (batch, max_new_tokens): rows that left the batch keep EOS in their remaining steps
     out = torch.full((b, max_new_tokens), min(eos_ids) if eos_ids else 0, dtype=torch.long, device=device)
     rows = torch.arange(b, device=device)  # (alive,) original row of each row still decoded
@@ -511,8 +423,8 @@ def _continue(net, cache, next_logits, mask, max_new_tokens, temperature, top_p,
                 done = done[keep]
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
         step_out = net(input_ids=tok[:, None], attention_mask=mask, position_ids=(lengths + step)[:, None],
-                       use_cache=True, logits_to_keep=1, **{_cache_kwarg(net): cache})
-        cache = _cache_of(step_out)
+                       use_cache=True, logits_to_keep=1, **{cache_kwarg(net): cache})
+        cache = cache_of(step_out)
         logits = step_out.logits[:, -1, :]
     return out[:, :steps]
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .inference import _cache_of, _cache_tensors, forward_hidden, pad_left, to_device
+from .forward import cache_of, cache_tensors, forward_hidden, pad_left, to_device
 
 # Below this many shared tokens a separate prefix forward is not worth its fixed cost.
 MIN_SHARED_TOKENS = 8
@@ -86,7 +86,7 @@ def compute_shared_prefix(net, ids: list[int], layers: list[int]) -> SharedPrefi
     mask = torch.ones_like(x)
     pos = torch.arange(len(ids), device=device)[None]
     out, hidden = forward_hidden(net, x, mask, pos, use_cache=True)  # hidden: n_layers + 1 x (1, P, hidden)
-    kv = _cache_tensors(_cache_of(out))
+    kv = cache_tensors(cache_of(out))
     if kv is None:
         return None
     return SharedPrefix(list(ids), kv, {i: hidden[i][0] for i in layers})

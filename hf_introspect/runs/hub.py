@@ -597,13 +597,13 @@ def push_run(run_dir: str | Path, repo_id: str, *, config_name: str | None = Non
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    from .read import _offline
+    from .read import offline
 
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id or ""):
         raise UserError(f"--repo_id {repo_id!r} must look like USER/NAME")
     run = open_run(run_dir)
     name = check_config_name(config_name or default_config_name(run.run_config))
-    if _offline():
+    if offline():
         raise UserError("HF_HUB_OFFLINE is set: pushing needs the network; unset it, or use "
                         "`hf-introspect export RUN --to FOLDER` and upload the folder later")
     api = api or HfApi()

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .read import RUN_CONFIG, SplitFiles, _list_parts, iter_record_batches, open_run
+from .read import RUN_CONFIG, SplitFiles, list_parts, iter_record_batches, open_run
 
 logger = logging.getLogger("hf_introspect")
 
@@ -69,8 +69,8 @@ def _write_layer(split: SplitFiles, column: str, path: Path, max_positions: int)
     flat = arr.reshape(-1, hidden)  # (n_questions * max_positions, hidden) view of the same file
     row0 = 0
     for batch in iter_record_batches(split.files):
-        outer, inner = _list_parts(batch.column(column))  # outer: (rows+1,) stored positions per row
-        inner_off, values = _list_parts(inner)             # inner_off: (positions+1,) values per position
+        outer, inner = list_parts(batch.column(column))  # outer: (rows+1,) stored positions per row
+        inner_off, values = list_parts(inner)             # inner_off: (positions+1,) values per position
         vals = values.to_numpy(zero_copy_only=False)       # flat float16
         n = len(outer) - 1
         counts = np.diff(outer)                      # (rows,) n_i

@@ -127,7 +127,7 @@ def iter_record_batches(files: list[Path]) -> Iterator["object"]:
 # load_run
 # ---------------------------------------------------------------------------------------------
 
-def _offline() -> bool:
+def offline() -> bool:
     """Offline as the HF libraries decide it, read at call time (env vars may change after import)."""
     true = {"1", "ON", "YES", "TRUE"}
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
@@ -192,7 +192,7 @@ def load_run(path_or_repo: str | Path, config: str | None = None, split: str = "
     elif target.exists():
         raise UserError(f"{target} is a file; pass a run folder, an exported folder or a Hub repo id")
     elif _REPO_ID.match(str(path_or_repo)) and not str(path_or_repo).startswith((".", "/", "~")):
-        if _offline():
+        if offline():
             raise UserError(f"{path_or_repo}: no such local folder, and the Hub is off (HF_HUB_OFFLINE); "
                             "download it while online or pass a local folder")
         try:
@@ -240,7 +240,7 @@ def _readout_column(table) -> str:
     raise UserError("position='answer' needs an answer_token_index or confidence_token_index column without nulls")
 
 
-def _list_parts(arr):
+def list_parts(arr):
     """(offsets, child) of a list array, offsets relative to the UNSLICED child.
 
     ``ListArray.offsets`` honours the array's own slice offset while ``.values`` is the whole
@@ -259,8 +259,8 @@ def _chunk_rows(chunk, rows: np.ndarray, position, hidden: int, readout: np.ndar
     chunk: list<list<float16>> for this chunk; rows: chunk-local row indices; readout/aps: the
     readout token index per requested row and the activation_positions of the chunk (answer mode).
     """
-    outer, inner = _list_parts(chunk)          # outer: (rows+1,) range of stored positions per row
-    inner_off, values = _list_parts(inner)     # inner_off: (positions+1,) range of values per position
+    outer, inner = list_parts(chunk)          # outer: (rows+1,) range of stored positions per row
+    inner_off, values = list_parts(inner)     # inner_off: (positions+1,) range of values per position
     start, end = outer[rows], outer[rows + 1]  # (n,) each
     count = end - start                        # (n,) stored positions per row
     if isinstance(position, np.ndarray):  # each requested row's own stored-row index
@@ -269,7 +269,7 @@ def _chunk_rows(chunk, rows: np.ndarray, position, hidden: int, readout: np.ndar
     elif position == "last":
         k = count - 1
     elif position == "answer":
-        ap_off, ap_vals = _list_parts(aps)
+        ap_off, ap_vals = list_parts(aps)
         ap_vals = ap_vals.to_numpy(zero_copy_only=False)
         a0 = ap_off[rows]
         lens = ap_off[rows + 1] - a0

@@ -170,13 +170,39 @@ def meandiff_directions(X, Y, quantile: float = 0.25) -> np.ndarray:
     return D / np.linalg.norm(D, axis=1, keepdims=True)
 
 
-def probe_directions(X, Y, n_components: int = PCA_COMPONENTS, alpha: float = RIDGE_ALPHA) -> np.ndarray:
-    """The reference probe's direction (StandardScaler -> PCA -> Ridge, weights mapped back through
-    the PCA and divided by the scaler's scale, unit norm) for each column of ``Y`` (n, P) -> (P, d).
+def reference_fit(X, Y, n_components: int = PCA_COMPONENTS, alpha: float = RIDGE_ALPHA, device=None):
+    """The reference probe (StandardScaler, std floored at 1e-6 -> PCA(k) -> Ridge(alpha)) for every
+    column of ``Y`` (n, P) at once -> (mean (d,), scale (d,), coef (d, P) on the standardised input,
+    intercept (P,)).
 
-    PCA does not depend on the target, so one SVD serves every column: the ridge solution in the
-    PCA basis is ``s / (s^2 + alpha) * U' y`` (a diagonal system). Equal to scikit-learn's pipeline
-    up to sign conventions of its PCA, which cancel in the mapped-back weights.
+    PCA does not depend on the target, so one eigendecomposition of the smaller Gram matrix (A-probe's
+    ``left_basis``) serves every column: with U, s^2 the top-k left singular vectors and squared
+    singular values of the standardised Z, coef = Z' U diag(1/(s^2 + alpha)) U' (y - ybar), which is
+    the ridge solution on the PCA scores mapped back through the components (tests compare it with
+    scikit-learn's Pipeline).
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> X = rng.normal(size=(50, 3)); y = X @ np.array([1.0, -2.0, 0.0])
+        >>> mean, scale, coef, b = reference_fit(X, y[:, None], 3, 1e-9)
+        >>> np.allclose(((X - mean) / scale) @ coef[:, 0] + b[0], y)
+        True
+    """
+    from .linear_probe import left_basis
+
+    X = _f64(X)
+    Y = _f64(Y).reshape(len(X), -1)
+    mean, scale = X.mean(0), np.maximum(X.std(0), 1e-6)
+    Z = (X - mean) / scale                                       # (n, d) standardised
+    U, s2 = left_basis(Z, device, top=min(n_components, *Z.shape))   # (n, k), (k,)
+    ybar = Y.mean(0)
+    W = (U.T @ (Y - ybar)) / (s2 + alpha)[:, None]               # (k, P)
+    return mean, scale, Z.T @ (U @ W), ybar
+
+
+def probe_directions(X, Y, n_components: int = PCA_COMPONENTS, alpha: float = RIDGE_ALPHA, device=None) -> np.ndarray:
+    """The reference probe's direction (weights mapped back through the PCA and divided by the
+    scaler's scale, unit norm) for each column of ``Y`` (n, P) -> (P, d); one eigendecomposition.
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -184,19 +210,9 @@ def probe_directions(X, Y, n_components: int = PCA_COMPONENTS, alpha: float = RI
         >>> int(np.argmax(np.abs(probe_directions(X, y[:, None], 3, 1.0)[0])))
         2
     """
-    import torch
-
-    X = torch.as_tensor(_f64(X))
-    Y = torch.as_tensor(_f64(Y))
-    mean, scale = X.mean(0), X.std(0, unbiased=False).clamp_min(1e-6)
-    Z = (X - mean) / scale                                       # (n, d) standardised
-    U, S, Vh = torch.linalg.svd(Z, full_matrices=False)          # U (n, r), S (r,), Vh (r, d)
-    k = min(n_components, S.shape[0])
-    U, S, Vh = U[:, :k], S[:k], Vh[:k]
-    Yc = Y - Y.mean(0)
-    W = (S / (S**2 + alpha))[:, None] * (U.T @ Yc)               # (k, P) ridge weights on PCA scores
-    D = (Vh.T @ W).T / scale                                     # (P, d) raw-space weights
-    return (D / D.norm(dim=1, keepdim=True)).numpy()
+    _, scale, coef, _ = reference_fit(X, Y, n_components, alpha, device)
+    D = coef.T / scale                                           # (P, d) raw-space weights
+    return D / np.linalg.norm(D, axis=1, keepdims=True)
 
 
 def probe_direction(X, y, *, method: str = "ep", **options) -> np.ndarray:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import UserError
-from .directions import PCA_COMPONENTS, RIDGE_ALPHA
+from .directions import PCA_COMPONENTS, RIDGE_ALPHA, reference_fit
 
 STANDARDISATIONS = ("centered", "separate")
 
@@ -59,13 +59,10 @@ def standardiser(X) -> tuple[np.ndarray, np.ndarray]:
     return X.mean(0), np.maximum(X.std(0), 1e-6)
 
 
-def fit_reference_probe(X, Y, n_components: int = PCA_COMPONENTS, alpha: float = RIDGE_ALPHA) -> RefProbe:
-    """StandardScaler -> PCA(k) -> Ridge(alpha) for each column of Y (n, P), in closed form.
-
-    With Z the standardised input and U, s^2 its top-k principal axes (of the smaller of ZZ' and
-    Z'Z), the ridge solution on the PCA scores mapped back is coef = Z' U diag(1/(s^2+alpha)) U' y_c
-    (Gram side) or V diag(1/(s^2+alpha)) V' Z' y_c (covariance side): the same numbers as
-    scikit-learn's pipeline (tests check it).
+def fit_reference_probe(X, Y, n_components: int = PCA_COMPONENTS, alpha: float = RIDGE_ALPHA,
+                        device=None) -> RefProbe:
+    """StandardScaler -> PCA(k) -> Ridge(alpha) for each column of Y (n, P), in closed form
+    (:func:`~hf_introspect.analysis.directions.reference_fit`; equal to scikit-learn's pipeline).
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -74,27 +71,7 @@ def fit_reference_probe(X, Y, n_components: int = PCA_COMPONENTS, alpha: float =
         >>> np.allclose(p.predict(X)[:, 0], y)
         True
     """
-    import torch
-
-    X = np.asarray(X, np.float64)
-    Y = np.asarray(Y, np.float64)
-    if Y.ndim == 1:
-        Y = Y[:, None]
-    mean, scale = standardiser(X)
-    Z = torch.from_numpy((X - mean) / scale)                     # (n, d)
-    ybar = Y.mean(0)
-    Yc = torch.from_numpy(Y - ybar)                              # (n, P)
-    n, d = Z.shape
-    k = min(n_components, n, d)
-    if n <= d:
-        evals, U = torch.linalg.eigh(Z @ Z.T)                    # ascending; (n,), (n, n)
-        U, ev = U[:, -k:], evals[-k:].clamp_min(0)
-        coef = Z.T @ (U @ ((U.T @ Yc) / (ev + alpha)[:, None]))  # (d, P)
-    else:
-        evals, V = torch.linalg.eigh(Z.T @ Z)
-        V, ev = V[:, -k:], evals[-k:].clamp_min(0)
-        coef = V @ ((V.T @ (Z.T @ Yc)) / (ev + alpha)[:, None])
-    return RefProbe(mean, scale, coef.numpy(), ybar)
+    return RefProbe(*reference_fit(X, Y, n_components, alpha, device))
 
 
 def r2(y, pred) -> np.ndarray:

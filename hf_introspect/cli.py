@@ -20,6 +20,8 @@ COMMANDS = {
     "push": "push a run to a Hub dataset repo (one config per model, one split per pass)",
     "export": "write a run as the Hub repo layout (parquet + README) or the seed's per-layer .npy layout",
     "merge": "merge runs of the same model and settings on different questions into one run",
+    "probe": "layerwise linear probes of a target, with split intervals and a permutation null",
+    "surface": "a target from surface features vs activations vs both, per layer",
 }
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from .ids import align  # noqa: F401  (part of this module's interface)
 from .positions import PositionRows, resolve_position
 from .targets import DERIVED, Target, derived_from_logits, from_column, joined
 
@@ -23,24 +24,6 @@ _LAYER_PREFIX = "activations_layer_"
 _NOT_TARGETS = {"question_id", "question_text", "prompt_text", "prompt_type", "output_text", "model_name",
                 "checkpoint_id", "question_source", "parse_source", "temperature", "top_p", "max_new_tokens",
                 "answer_token_index", "confidence_token_index", "fp16_overflow_count", "seq_len"}
-
-
-def align(ids_a, ids_b) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices pairing equal question ids: ``ids_a[ia] == ids_b[ib]``, in ids_a's order.
-
-    Example:
-        >>> ia, ib = align(["q2", "q0", "q1"], ["q0", "q1", "q3"])
-        >>> ia.tolist(), ib.tolist()
-        ([1, 2], [0, 1])
-    """
-    a, b = np.asarray(ids_a).astype(str), np.asarray(ids_b).astype(str)
-    for ids in (a, b):
-        uniq, counts = np.unique(ids, return_counts=True)
-        if len(uniq) < len(ids):
-            raise UserError(f"question id {uniq[counts > 1][0]!r} occurs more than once; cannot pair questions by id")
-    _, ia, ib = np.intersect1d(a, b, assume_unique=True, return_indices=True)
-    order = np.argsort(ia, kind="stable")
-    return ia[order].astype(np.int64), ib[order].astype(np.int64)
 
 
 def _arrow_column(ds, name: str):

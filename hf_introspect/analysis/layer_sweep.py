@@ -73,7 +73,7 @@ class ProbeResult:
     q_values: list[float] = field(default_factory=list)   # Benjamini-Hochberg over layers
 
     def to_json(self) -> dict:
-        from ..commands.analysis_common import jsonable
+        from .serialize import jsonable
 
         return {"target": self.target, "pass": self.pass_name, "position": self.position, "method": self.method,
                 "metric": self.metric, "n_questions": self.n_questions, "best_layer": self.best_layer,

@@ -70,7 +70,7 @@ class SurfaceResult:
     seconds: float = 0.0
 
     def to_json(self) -> dict:
-        from ..commands.analysis_common import jsonable
+        from .serialize import jsonable
 
         out = jsonable(self)
         out["pass"] = out.pop("pass_name")

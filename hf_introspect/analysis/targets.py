@@ -126,7 +126,7 @@ def joined(target: Target, own_ids: np.ndarray, other_ids: np.ndarray) -> Target
         >>> j.values.tolist(), j.valid.tolist()
         ([2.0, 0.0, 1.0], [True, False, True])
     """
-    from .data import align
+    from .ids import align
 
     mine, theirs = align(own_ids, other_ids)
     values = np.zeros(len(own_ids), dtype=target.values.dtype)

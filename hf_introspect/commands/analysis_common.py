@@ -9,13 +9,10 @@ summary, or with ``--json`` the whole result as JSON on stdout (nothing else goe
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import math
 from pathlib import Path
 
-import numpy as np
-
+from ..analysis.serialize import jsonable
 from ..errors import UserError
 
 
@@ -79,28 +76,6 @@ def parse_layer_spec(spec: str, stored: list[int]) -> list[int]:
 
 def layers_from_args(args, data) -> list[int]:
     return parse_layer_spec(getattr(args, "layers", "all"), data.layers(args.pass_name))
-
-
-def jsonable(obj):
-    """Dataclasses, numpy scalars/arrays, Paths -> plain JSON types; NaN/inf -> None."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                if not f.name.startswith("_")}
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return None if not math.isfinite(float(obj)) else float(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 def emit(args, result, summary: str) -> int:

@@ -237,8 +237,6 @@ def test_missing_analysis_packages(runs, capsys, monkeypatch):
 
 
 def test_exported_folder_with_config(runs, tmp_path, capsys):
-    pytest.importorskip("hf_introspect.runs.read")
-    pytest.importorskip("hf_introspect.commands.export")
     from hf_introspect.cli import main as cli_main
 
     for name in ("base", "ft"):

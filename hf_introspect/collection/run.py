@@ -561,7 +561,7 @@ def _eos_ids(lm: LoadedModel) -> set[int]:
     return ids
 
 
-def _process_state(device_map: str | None):
+def _process_state():
     """accelerate's view of this process. Without CUDA, PartialState(cpu=True) is what makes
     `accelerate launch --multi_gpu --num_processes N` see N ranks (plain PartialState says 1 of 1)."""
     from accelerate import PartialState
@@ -637,7 +637,7 @@ def collect(cfg: CollectConfig, *, lm: LoadedModel | None = None, questions: Dat
         >>> ds["mcq"].features["activations_layer_30"]                                              # doctest: +SKIP
         Array2D(shape=(None, 576), dtype='float16')
     """
-    state = _process_state(cfg.device_map)
+    state = _process_state()
     out = Path(cfg.output_dir)
     # Cheap checks first: a conflicting folder is refused before minutes of model loading.
     check_output_dir(out, cfg.identity(), overwrite=cfg.overwrite, passes=cfg.passes)

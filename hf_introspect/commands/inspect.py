@@ -7,7 +7,7 @@ The seed's commands work as written::
         --compare_with full_run_finetuned/mcq --show_examples 5
 
 ``--data_dir`` may also be a run's root folder; an exported folder or Hub repo (``--config NAME``)
-is read through ``hf_introspect.runs.read`` when available.
+is read through ``hf_introspect.runs.read``.
 """
 
 from __future__ import annotations

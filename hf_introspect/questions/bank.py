@@ -50,7 +50,7 @@ import random
 import re
 import unicodedata
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib.resources import files
 
@@ -422,16 +422,3 @@ def build_question_bank(seed: int = 0) -> list[dict]:
             "option_source_index": order,
         })
     return bank
-
-
-def _summary(rows: Sequence[dict]) -> str:  # pragma: no cover - a maintainer's overview
-    from collections import Counter
-
-    words = Counter(r["question_text"].split()[0].lower() for r in rows)
-    letters = Counter(r["correct_answer_letter"] for r in rows)
-    return "\n".join([f"{len(rows)} questions", f"per topic: {topic_counts()}",
-                      f"letters: {dict(sorted(letters.items()))}", f"first words: {dict(words.most_common())}"])
-
-
-if __name__ == "__main__":  # pragma: no cover
-    print(_summary(build_question_bank()))

@@ -138,7 +138,6 @@ def load_questions(
     shuffle_options: bool | None = None,
     columns: dict[str, str] | None = None,
     question_ids: str | list[str] | None = None,
-    allow_fewer_options: bool = False,
     source_format: str | None = None,
 ) -> datasets.Dataset:
     """Load 4-option questions from any supported source as a Dataset with :data:`QUESTION_FEATURES`.
@@ -155,8 +154,6 @@ def load_questions(
             "id": COL}``; the answer may be a letter, a 0-based index or the answer text.
         question_ids: exactly these ids, in this order: a list, or a path to a text file (one id
             per line) or a JSONL/JSON file with ``question_id`` (or ``qid``/``id``).
-        allow_fewer_options: not supported (raises): every question needs exactly 4 options and
-            options can't be invented; questions with fewer are skipped and counted instead.
         source_format: force an adapter for a local file or a hub repo (e.g. ``"cais/mmlu"``,
             ``"mmlu"``, ``"triviamc"``, ``"normalised"``, ``"generic"``).
 
@@ -178,7 +175,7 @@ def load_questions(
     """
     return load_questions_with_report(
         source, num_questions=num_questions, seed=seed, shuffle_options=shuffle_options, columns=columns,
-        question_ids=question_ids, allow_fewer_options=allow_fewer_options, source_format=source_format,
+        question_ids=question_ids, source_format=source_format,
     )[0]
 
 
@@ -190,7 +187,6 @@ def load_questions_with_report(
     shuffle_options: bool | None = None,
     columns: dict[str, str] | None = None,
     question_ids: str | list[str] | None = None,
-    allow_fewer_options: bool = False,
     source_format: str | None = None,
 ) -> tuple[datasets.Dataset, QuestionLoadReport]:
     """Like :func:`load_questions`, also returning the :class:`QuestionLoadReport`.
@@ -200,7 +196,7 @@ def load_questions_with_report(
     ...
     hf_introspect.errors.UserError: unknown question format 'bogus'; choose one of normalised, triviamc, generic, cais/mmlu, allenai/ai2_arc, allenai/sciq, truthfulqa/truthful_qa, allenai/openbookqa, tau/commonsense_qa, Idavidrein/gpqa
     """
-    _check_arguments(num_questions, seed, shuffle_options, columns, question_ids, allow_fewer_options, source_format)
+    _check_arguments(num_questions, seed, shuffle_options, columns, question_ids, source_format)
     if isinstance(source, os.PathLike):
         source = os.fspath(source)
     forced = _resolve_format(source_format) if source_format else None
@@ -237,13 +233,7 @@ def load_questions_with_report(
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_arguments(num_questions, seed, shuffle_options, columns, question_ids, allow_fewer_options,
-                     source_format) -> None:
-    if allow_fewer_options:
-        # We can't invent options, and the collector's contract is exactly A-D; skipping (the
-        # default) keeps every loaded question valid and counts the rest.
-        raise UserError("every question needs exactly 4 options (A-D) and options can't be invented; drop "
-                        "--allow_fewer_options: questions with fewer are skipped and counted by default")
+def _check_arguments(num_questions, seed, shuffle_options, columns, question_ids, source_format) -> None:
     if num_questions is not None:
         if isinstance(num_questions, bool) or not isinstance(num_questions, int):
             raise UserError(f"--num_questions must be a whole number (got {num_questions!r}); "

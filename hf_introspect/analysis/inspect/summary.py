@@ -2,7 +2,7 @@
 
 A *run* is what ``collect`` writes (``RUN/run_config.json`` + one split per pass). It can be named
 by its root folder or by one pass's folder (``RUN/mcq``, as in the seed's commands); an exported
-folder or a Hub repo is read through :func:`hf_introspect.runs.read.load_run` when that module exists.
+folder or a Hub repo is read through :func:`hf_introspect.runs.read.load_run`.
 
 Only the metadata columns are read in full. Activations are read one layer at a time and only at
 the answer position (the last stored row, when ``activation_positions[-1] == seq_len - 1``),
@@ -175,11 +175,8 @@ def _open_local_root(root: Path, focus: str | None, location: str) -> Run:
 
 
 def _open_with_loader(location: str, config: str | None, focus: str | None) -> Run:
-    try:
-        from ...runs import read as loading
-    except ImportError as exc:
-        raise UserError(f"{location} is not a local run folder, and reading exported folders or Hub repos "
-                        "(with --config) is not supported yet by this version of hf_introspect") from exc
+    from ...runs.read import load_run
+
     passes = {}
     errors = {}
     folder = Path(location).expanduser() / (config or "")
@@ -190,7 +187,7 @@ def _open_with_loader(location: str, config: str | None, focus: str | None) -> R
             folder, local = subs[0], True
     for name in PASSES:
         try:
-            ds = loading.load_run(location, config=config, split=name)
+            ds = load_run(location, config=config, split=name)
         except UserError as exc:
             errors[name] = str(exc)
             continue

@@ -349,8 +349,7 @@ def test_builtin_bank_through_validation(monkeypatch):
     assert load_questions("builtin", seed=4)["question_id"] == [f"q{i}" for i in range(6)]
 
 
-def test_real_builtin_bank_if_present():
-    pytest.importorskip("hf_introspect.questions.bank", reason="question_bank.py not written yet")
+def test_real_builtin_bank():
     ds = load_questions(seed=0)
     assert ds.features == QUESTION_FEATURES and len(ds) > 0
     assert len(set(ds["question_id"])) == len(ds)

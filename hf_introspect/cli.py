@@ -20,6 +20,9 @@ COMMANDS = {
     "push": "push a run to a Hub dataset repo (one config per model, one split per pass)",
     "export": "write a run as the Hub repo layout (parquet + README) or the seed's per-layer .npy layout",
     "merge": "merge runs of the same model and settings on different questions into one run",
+    "steer": "add a direction at the readout token with the run's model; dose-response vs random directions",
+    "ablate": "project a direction out at the readout token; change in confidence and calibration vs random",
+    "patch": "write another question's stored activation into the readout token; normalised shift vs random pairs",
     "probe": "layerwise linear probes of a target, with split intervals and a permutation null",
     "surface": "a target from surface features vs activations vs both, per layer",
 }

@@ -25,6 +25,7 @@ COMMANDS = {
     "patch": "write another question's stored activation into the readout token; normalised shift vs random pairs",
     "probe": "layerwise linear probes of a target, with split intervals and a permutation null",
     "surface": "a target from surface features vs activations vs both, per layer",
+    "directions": "probe and mean-diff directions per pass and layer (saved); cosines, self vs other, null",
 }
 
 

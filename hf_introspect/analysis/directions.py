@@ -42,15 +42,23 @@ def _unit(v: np.ndarray) -> np.ndarray:
 def quantile_masks(y, quantile: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
     """Boolean masks of the top and bottom ``quantile`` of ``y`` (ties at a threshold included).
 
+    A two-valued target (``is_correct``) splits by value instead: positives vs negatives, whatever
+    their shares (quartile thresholds would put most of one class in both groups).
+
     Example:
         >>> top, bottom = quantile_masks([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
         >>> top.nonzero()[0].tolist(), bottom.nonzero()[0].tolist()
         ([6, 7], [0, 1])
+        >>> [int(m.sum()) for m in quantile_masks([1, 1, 1, 1, 1, 0])]
+        [5, 1]
     """
     y = _f64(y)
     if not 0.0 < quantile <= 0.5:
         raise UserError(f"quantile must be in (0, 0.5] (got {quantile})")
     lo, hi = np.quantile(y, [quantile, 1.0 - quantile])
+    values = np.unique(y)
+    if len(values) == 2:
+        lo, hi = values
     top, bottom = y >= hi, y <= lo
     if not top.any() or not bottom.any() or y[top].mean() <= y[bottom].mean():
         raise UserError("the target is constant over its top and bottom quartiles; a direction needs a target "

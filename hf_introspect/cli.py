@@ -26,6 +26,7 @@ COMMANDS = {
     "probe": "layerwise linear probes of a target, with split intervals and a permutation null",
     "surface": "a target from surface features vs activations vs both, per layer",
     "directions": "probe and mean-diff directions per pass and layer (saved); cosines, self vs other, null",
+    "transfer": "a probe trained on one pass applied to the others; transfer ratio, self/other cross-prediction",
 }
 
 

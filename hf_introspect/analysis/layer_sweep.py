@@ -19,6 +19,7 @@ every layer sees the same splits and the same seed gives the same numbers.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -140,7 +141,7 @@ def check_sweep_inputs(n: int, n_splits: int, test_size: float, method: str, tar
         raise UserError(f"--test_size must be between 0 and 1 (got {test_size})")
     if n_splits < 1:
         raise UserError(f"--splits must be >= 1 (got {n_splits})")
-    if n < MIN_QUESTIONS or round(n * test_size) < 2 or n - round(n * test_size) < 3:
+    if n < MIN_QUESTIONS or math.ceil(n * test_size) < 2 or n - math.ceil(n * test_size) < 3:
         raise UserError(f"target {target_name!r} has a value for {n} question(s); a probe with held-out "
                         f"questions needs at least {MIN_QUESTIONS} (and >= 2 test questions): use a larger run")
 

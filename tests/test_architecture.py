@@ -54,6 +54,7 @@ FACADE = {
 KNOWN_VIOLATIONS = {
     # jsonable now lives in hf_introspect.analysis.serialize: import it from there
     ("hf_introspect.analysis.direction_sweep", "hf_introspect.commands.analysis_common"),
+    ("hf_introspect.analysis.transfer_sweep", "hf_introspect.commands.analysis_common"),
 }
 
 

@@ -134,6 +134,11 @@ def _direction_cosine(X: np.ndarray, y: np.ndarray, kind: str, method: str) -> f
     return cosine(probe_dir, md)
 
 
+def constant_rows(X: np.ndarray) -> bool:
+    """True when every question has the same activation vector (nothing for a probe to read)."""
+    return bool(np.all(X == X[:1]))
+
+
 def check_sweep_inputs(n: int, n_splits: int, test_size: float, method: str, target_name: str) -> None:
     if method not in METHODS:
         raise UserError(f"--method {method} is unknown; choose {', '.join(METHODS)}")
@@ -180,6 +185,13 @@ def probe_sweep(data, pass_name: str, target: str, *, position="answer", layers=
     rows_out = []
     for layer in layers:
         X = data.matrix(pass_name, layer, position, rows=valid)     # (n, hidden) float32
+        if constant_rows(X):
+            # e.g. layer 0 at the readout token: the same token embedding for every question. No
+            # probe can use it; its score is undefined, not a fit of a zero matrix.
+            rows_out.append(LayerScore(int(layer), *([float("nan")] * 8)))
+            log.info("layer %d: the activations at %s are the same for every question; score left undefined",
+                     layer, position)
+            continue
         res = score_splits(X, y, splits, method=method, task=task, permutations=permutations, seed=seed,
                            device=device)
         scores = np.asarray(res.scores, dtype=np.float64)

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import UserError
 from . import stats
-from .layer_sweep import check_sweep_inputs
+from .layer_sweep import check_sweep_inputs, constant_rows
 
 SURFACE_COLUMNS = ("char_length", "token_length", "has_negation", "has_ambiguity", "token_rarity_mean",
                    "token_rarity_max")
@@ -149,6 +149,10 @@ def surface_sweep(data, pass_name: str, target: str, *, position="answer", layer
     out = []
     for layer in layers:
         X = data.matrix(pass_name, layer, position, rows=valid)          # (n, hidden) float32
+        if constant_rows(X):  # the same vector for every question (layer 0 at the readout token)
+            nan, nan2 = float("nan"), (float("nan"), float("nan"))
+            out.append(SurfaceLayer(int(layer), nan, nan2, nan, nan2, nan, nan, nan2, nan, nan, nan, nan))
+            continue
         a_score, a_ci, a_null, a_p = _summ(score_splits(X, y, splits, permutations=permutations, **fit))
         Sz = ((S - S.mean(0)) / S.std(0)).astype(np.float32)             # (n, k) on the activations' footing
         b_score, b_ci, _, _ = _summ(score_splits(np.hstack([X, Sz]), y, splits, permutations=0, **fit))

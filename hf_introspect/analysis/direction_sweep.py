@@ -163,6 +163,8 @@ def _heldout(X, y, splits, method, quantile, device) -> dict:
 def _null_row(layer, real, null) -> dict:
     """Two-sided: signs of directions depend on the targets' conventions (entropy vs confidence)."""
     a = np.abs(null)
+    if not np.isfinite(real) or not np.isfinite(a).all():
+        return {"layer": layer, "cos": real, "null_p95": float("nan"), "p_value": float("nan")}
     return {"layer": layer, "cos": real, "null_p95": float(np.quantile(a, 0.95)) if a.size else float("nan"),
             "p_value": float((1 + np.count_nonzero(a >= abs(real))) / (1 + a.size)) if a.size else float("nan")}
 
@@ -250,14 +252,18 @@ def _self_vs_other(sweep: DirectionSweep, num_layers: int, hidden: int) -> list[
         row = {"layer": layer}
         for k in KINDS:
             s, o = sweep.dirs.get("self_conf", k)[layer], sweep.dirs.get("other_conf", k)[layer]
-            u_self, res = D.unique_part(s, o)
-            u_other, _ = D.unique_part(o, s)
+            if np.isnan(s).any() or np.isnan(o).any():  # no direction at this layer (constant activations)
+                u_self = u_other = np.full(hidden, np.nan)
+                res = float("nan")
+            else:
+                u_self, res = D.unique_part(s, o)
+                u_other, _ = D.unique_part(o, s)
             for name, u in (("self_unique", u_self), ("other_unique", u_other)):
                 sweep.dirs.vectors[(name, k)][layer] = u
                 sweep.dirs.scores[(name, k)][layer] = res
             row.update({f"cos_{k}": pair[k][i]["cos"], f"null_p95_{k}": pair[k][i]["null_p95"],
                         f"p_{k}": pair[k][i]["p_value"], f"residual_{k}": res,
-                        f"flag_{k}": bool(res < D.RESIDUAL_FLAG)})
+                        f"flag_{k}": bool(res < D.RESIDUAL_FLAG)})  # NaN compares False: not flagged
         rows.append(row)
     return rows
 

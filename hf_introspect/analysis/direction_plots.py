@@ -22,6 +22,11 @@ def _pyplot():
 
 
 def _save(fig, path) -> Path:
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in fig.axes:
+        if ax.get_xlabel().startswith("layer"):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -172,8 +177,9 @@ def plot_transfer(result, path, other=None) -> Path:
         ax.set_ylim(max(low, -1.0), 1.0)
         ax.set_xlabel("layer (residual index)")
         ax.set_ylabel("test R$^2$")
-        ax.set_title(f"{Path(res.run).name}: transfer ratio " + ", ".join(
-            f"{t} {res.best[t]['separate']['ratio']:.2f}" for t in res.tests), fontsize=9)
+        ax.set_title(f"{Path(res.run).name}: transfer ratio centered/separate " + ", ".join(
+            f"{t} {res.best[t]['centered']['ratio']:.2f}/{res.best[t]['separate']['ratio']:.2f}"
+            for t in res.tests), fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     if has_cross:

@@ -31,7 +31,7 @@ from ..errors import UserError
 SCALE_FLOOR = 1e-6
 EP_COMPONENTS = {"regression": 100, "binary": 256, "multiclass": 256}
 EP_ALPHA = 1000.0
-ALPHA_GRID = np.logspace(-3, 3, 13)  # ridge penalties, in units of the mean eigenvalue of the Gram matrix
+ALPHA_GRID = np.logspace(-3, 3, 7)  # ridge penalties, in units of the mean eigenvalue of the Gram matrix
 METHODS = ("ridge", "ep", "logistic")
 TASKS = ("regression", "binary", "multiclass")
 MIN_QUESTIONS = 5

@@ -19,10 +19,22 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..errors import UserError
 from .linear_probe import SCALE_FLOOR
 
 
-def layer_subspace(Xt: torch.Tensor, m: int, iterations: int = 3, seed: int = 0) -> torch.Tensor:
+def orthonormalize(Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``Y = Q R`` with Q's columns orthonormal, by Cholesky-QR twice in float64 (gemm-bound: LAPACK's
+    QR of an (800, 200) block is ~4x slower here, and ~100x under load with 2 threads)."""
+    Q, R = Y.double(), None
+    for _ in range(2):
+        C = torch.linalg.cholesky(Q.T @ Q).T  # (m, m) upper
+        Q = torch.linalg.solve_triangular(C, Q, upper=True, left=False)
+        R = C if R is None else C @ R
+    return Q, R
+
+
+def layer_subspace(Xt: torch.Tensor, m: int, iterations: int = 6, seed: int = 0) -> torch.Tensor:
     """Top-``m`` left singular vectors (n, m) of the layer-wide standardised rows, approximately.
 
     Subspace iteration on the (n, n) Gram matrix from a seeded Gaussian start.
@@ -33,7 +45,7 @@ def layer_subspace(Xt: torch.Tensor, m: int, iterations: int = 3, seed: int = 0)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     Q = torch.randn(K.shape[0], m, generator=gen, dtype=torch.float32).to(Xt.device)
     for _ in range(iterations):
-        Q, _ = torch.linalg.qr(K @ Q)
+        Q = orthonormalize(K @ Q)[0].float()
     return Q.double()
 
 
@@ -51,48 +63,88 @@ def _exact_pairs(ZR: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, 
     return evecs, evals, (ZR.T @ evecs) / evals.sqrt()
 
 
-def _ritz_pairs(ZR: torch.Tensor, Q: torch.Tensor, k: int, power_iterations: int):
-    """Rayleigh-Ritz top-k of ``ZR`` in span(Q) (n_R, m); same outputs as :func:`_exact_pairs`."""
-    Zf = ZR.float()
-    Q, _ = torch.linalg.qr(Q)
-    for _ in range(power_iterations):
-        Q, _ = torch.linalg.qr((Zf @ (Zf.T @ Q.float())).double())
-    W = (Zf.T @ Q.float()).double()  # (d, m) = Z_R^T Q
-    evals, phi = torch.linalg.eigh(W.T @ W)  # (m,), (m, m)
-    evals, phi = evals.flip(0)[:k], phi.flip(1)[:, :k]
-    keep = evals > evals[0] * 1e-10
-    evals, phi = evals[keep], phi[:, keep]
-    return Q @ phi, evals, (W @ phi) / evals.sqrt()
+class LayerBasis:
+    """What every split of one layer shares for ``solver="ritz"``: the rows shifted by the layer mean
+    (float32), their per-dimension sums (float64), the layer's top-m left subspace ``P`` (n, m) and
+    ``X^T P`` (d, m), so a split's projections only need its test rows (t x d x m flops, not n x d x m).
+    """
+
+    def __init__(self, Xt: torch.Tensor, m: int, iterations: int, seed: int):
+        self.shift = Xt.double().mean(0)
+        self.Xc = (Xt.double() - self.shift).float()  # (n, d) centred over all questions
+        X64 = self.Xc.double()
+        self.s1, self.s2 = X64.sum(0), (X64 * X64).sum(0)  # (d,) sums for the split statistics
+        self.P = layer_subspace(self.Xc, m, iterations, seed).float()  # (n, m)
+        self.XtP = self.Xc.T @ self.P  # (d, m)
+        self.Pk = None
+
+    def split_stats(self, T: torch.Tensor, n_train: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training mean (shifted) and floored std from the layer sums minus the test rows' sums."""
+        XT = self.Xc[T].double()  # (t, d)
+        mean = (self.s1 - XT.sum(0)) / n_train
+        var = (self.s2 - (XT * XT).sum(0)) / n_train - mean * mean
+        return mean, var.clamp_min(0.0).sqrt().clamp_min(SCALE_FLOOR)
+
+    def ritz(self, R: torch.Tensor, T: torch.Tensor, mean, scale, k: int):
+        """Ritz pairs of the split's standardised training rows in span(P[R]) and the test rows' scores.
+
+        Returns ``PR`` (n_R, m) = ``Q Rf`` and ``Rf`` (m, m) (``Q`` orthonormal, never formed), ``phi``
+        (m, k), squared singular values (k,) and ``Z_T W phi`` (t, k), where ``W = Z_R^T Q`` (d, m)
+        is never formed either: ``W = Z_R^T P[R] Rf^-1``.
+        """
+        PR = self.P[R]  # (n_R, m); near-orthonormal (P is, over all n rows): one Cholesky-QR is exact enough
+        PR64 = PR.double()
+        Rf = torch.linalg.cholesky(PR64.T @ PR64).T  # (m, m) upper: PR = Q Rf, Q never formed
+        inv_scale = (1.0 / scale).float()
+        mean32 = mean.float()
+        # Z_R^T P[R] = D^-1 (X_R - mean)^T P[R] = D^-1 (X^T P - X_T^T P[T] - mean 1^T P[R])
+        XT = self.Xc[T]  # (t, d)
+        WP = (self.XtP - XT.T @ self.P[T] - mean32[:, None] * PR.sum(0)[None, :]) * inv_scale[:, None]  # (d, m)
+        B = torch.linalg.solve_triangular(Rf, (WP.T @ WP).double(), upper=True, left=False)
+        B = torch.linalg.solve_triangular(Rf.T, B, upper=False)  # (m, m) = W^T W = Rf^-T WP^T WP Rf^-1
+        evals, phi = torch.linalg.eigh((B + B.T) / 2)
+        evals, phi = evals.flip(0)[:k], phi.flip(1)[:, :k]
+        keep = evals > evals[0] * 1e-10
+        evals, phi = evals[keep], phi[:, keep]
+        ZTWP = (((XT - mean32) * inv_scale) @ WP).double()  # (t, m) = Z_T W Rf
+        scores = torch.linalg.solve_triangular(Rf, ZTWP, upper=True, left=False) @ phi  # (t, k)
+        return PR64, Rf, phi, evals, scores
 
 
 def pca_ridge_split_predictions(X, Y: np.ndarray, splits, *, k: int = 100, alpha: float = 1000.0,
-                                solver: str = "auto", oversample: int = 50, power_iterations: int = 0,
+                                solver: str = "auto", oversample: int = 100, subspace_iterations: int = 6,
                                 device=None, seed: int = 0) -> np.ndarray:
     """Held-out predictions (S, t, C) of StandardScaler -> PCA(k) -> Ridge(alpha) per split.
 
-    ``solver``: "full" (exact), "ritz" (warm-started subspace, see the module docstring) or "auto"
-    (ritz when ``k + oversample`` is under half the training rows, else full).
+    ``solver``: "full" (exact), "ritz" (the layer's top ``k + oversample`` subspace, see the module
+    docstring) or "auto" (ritz when ``k + oversample`` is under half the training rows, else full).
     """
+    if solver not in ("auto", "full", "ritz"):
+        raise UserError(f"solver must be auto, full or ritz (got {solver!r})")
     Xt = torch.as_tensor(np.asarray(X), device=device).to(torch.float32)  # (n, d)
     Yt = torch.as_tensor(Y, dtype=torch.float64, device=Xt.device)
     n_train = len(splits[0][0])
     k = min(k, n_train, Xt.shape[1])
-    m = k + oversample
+    m = min(k + oversample, Xt.shape[0])
     use_ritz = solver == "ritz" or (solver == "auto" and 2 * m < n_train)
-    P0 = layer_subspace(Xt, m, seed=seed) if use_ritz else None
+    basis = LayerBasis(Xt, m, subspace_iterations, seed) if use_ritz else None
     out = []
     for train, test in splits:
         R = torch.as_tensor(train, device=Xt.device)
         T = torch.as_tensor(test, device=Xt.device)
+        YR = Yt[R]
+        ybar = YR.mean(0)
+        if use_ritz:
+            mean, scale = basis.split_stats(T, len(train))
+            PR, Rf, phi, s2, scores = basis.ritz(R, T, mean, scale, k)  # scores: (t, k) = Z_T W phi
+            QtY = torch.linalg.solve_triangular(Rf.T, PR.T @ (YR - ybar), upper=False)  # (m, C) = Q^T y_c
+            w = (phi.T @ QtY) / (s2 + alpha)[:, None]  # (k, C) ridge on the component scores
+            out.append(scores @ w + ybar)
+            continue
         mean, scale = _split_stats(Xt, R)
         ZR = (Xt[R].double() - mean) / scale  # (n_R, d)
         ZT = (Xt[T].double() - mean) / scale  # (t, d)
-        if use_ritz:
-            U, s2, V = _ritz_pairs(ZR, P0[R], k, power_iterations)
-        else:
-            U, s2, V = _exact_pairs(ZR, k)
-        YR = Yt[R]
-        ybar = YR.mean(0)
+        U, s2, V = _exact_pairs(ZR, k)
         w = (U.T @ (YR - ybar)) * (s2.sqrt() / (s2 + alpha))[:, None]  # (k, C) ridge on the scores U s
         out.append((ZT @ V) @ w + ybar)
     return torch.stack(out).cpu().numpy()

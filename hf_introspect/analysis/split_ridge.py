@@ -63,24 +63,37 @@ def loo_alphas(K: torch.Tensor, Y: torch.Tensor, grid: np.ndarray, groups: int =
     return np.asarray(grid, np.float64)[best]
 
 
-def heldout_predictions(K: torch.Tensor, Y: torch.Tensor, tests: torch.Tensor, alpha: float) -> torch.Tensor:
+def heldout_predictions(K: torch.Tensor, Y: torch.Tensor, tests: torch.Tensor, alpha: float,
+                        flat: torch.Tensor | None = None) -> torch.Tensor:
     """Test-row predictions (S, t, C) of ridge(alpha) trained on each split's other rows.
 
     ``tests`` (S, t) holds each split's test rows; the training rows are all the others.
+    ``flat`` (S, t * t): the test blocks' positions in ``K.view(-1)`` (computed here when not given).
     """
     n = K.shape[0]
-    L = torch.linalg.cholesky(K + alpha * torch.eye(n, dtype=K.dtype, device=K.device))
+    A = K.clone()
+    A.diagonal().add_(alpha)
+    L = torch.linalg.cholesky(A)
     Ainv = torch.cholesky_inverse(L)  # (n, n)
     a1 = Ainv.sum(1)
     G = Ainv - torch.outer(a1, a1) / a1.sum()  # (n, n) block of the bordered inverse (intercept)
     c = G @ Y  # (n, C) dual coefficients of the fit on all rows
+    if flat is None:
+        flat = block_positions(tests, n)
+    Gflat = G.reshape(-1)
     out = []
     for lo in range(0, len(tests), SPLIT_CHUNK):
         T = tests[lo:lo + SPLIT_CHUNK]  # (s, t)
-        GTT = G[T[:, :, None], T[:, None, :]]  # (s, t, t)
-        e = torch.cholesky_solve(c[T], torch.linalg.cholesky(GTT))  # (s, t, C) held-out residuals
-        out.append(Y[T] - e)
+        GTT = Gflat[flat[lo:lo + SPLIT_CHUNK]].reshape(len(T), T.shape[1], T.shape[1])  # (s, t, t)
+        cT = c.index_select(0, T.reshape(-1)).reshape(len(T), T.shape[1], -1)  # (s, t, C)
+        e = torch.cholesky_solve(cT, torch.linalg.cholesky(GTT))  # (s, t, C) held-out residuals
+        out.append(Y.index_select(0, T.reshape(-1)).reshape(cT.shape) - e)
     return torch.cat(out)
+
+
+def block_positions(tests: torch.Tensor, n: int) -> torch.Tensor:
+    """(S, t * t) flat positions of each split's (t, t) test block in an (n, n) matrix."""
+    return (tests[:, :, None] * n + tests[:, None, :]).reshape(len(tests), -1)
 
 
 def ridge_split_predictions(X, Y: np.ndarray, tests: np.ndarray, *, alpha=None, alphas=None, groups: int = 1,
@@ -100,8 +113,9 @@ def ridge_split_predictions(X, Y: np.ndarray, tests: np.ndarray, *, alpha=None, 
         chosen = loo_alphas(K, Yt, grid, groups)
     T = torch.as_tensor(tests, device=K.device)
     preds = torch.empty((len(tests), tests.shape[1], Y.shape[1]), dtype=torch.float64, device=K.device)
+    flat = block_positions(T, K.shape[0])
     per_column = np.repeat(chosen, groups)
     for a in np.unique(per_column):
         cols = torch.as_tensor(np.flatnonzero(per_column == a), device=K.device)
-        preds[:, :, cols] = heldout_predictions(K, Yt[:, cols], T, float(a))
+        preds[:, :, cols] = heldout_predictions(K, Yt[:, cols], T, float(a), flat)
     return preds.cpu().numpy(), chosen / unit

@@ -4,8 +4,9 @@ An edit at the readout (last prompt) token leaves every earlier position's keys 
 unchanged (attention is causal). So each batch of prompts runs ONCE without its last token, and
 its KV cache is reused by every edit: only the readout token goes through the model again, one
 row per (question, edit). That is one token forward per edit instead of a whole prompt
-(~200 tokens for a TriviaMC confidence prompt). The cache rows are copied per step (gathered per
-question, then extended by the new token), so the rows per step are capped by a byte budget.
+(~200 tokens for a TriviaMC confidence prompt). Each step's rows get their own copy of their
+question's cache (with a free slot for the readout token), so the rows per step are capped by a
+byte budget.
 
 Readout: the next-token logits at the readout token, restricted to the pass's label tokens with
 :func:`hf_introspect.collection.readout.restricted_logits` (logsumexp over each label's token forms), exactly
@@ -21,7 +22,7 @@ from ...collection.forward import cache_kwarg, cache_of, cache_tensors, left_pad
 from ...collection.readout import restricted_logits
 from .hooks import RowEdits, intervene
 
-KV_BUDGET_BYTES = 512 << 20  # cache rows copied per readout step (two copies: gather + append)
+KV_BUDGET_BYTES = 1 << 30  # bytes of cache rows built per readout step
 
 
 class PromptBatch:
@@ -53,7 +54,7 @@ class PromptBatch:
                 budget: int = KV_BUDGET_BYTES) -> np.ndarray:
         """Label logits (rows, n_labels) float32 for row r = question ``question[r]`` of the batch
         with edit r. Rows run in steps that fit ``budget`` bytes of copied cache."""
-        step = max(1, budget // max(2 * self.row_bytes(), 1)) if self.kv is not None else 16
+        step = max(1, budget // max(self.row_bytes(), 1)) if self.kv is not None else 16
         out = []
         for start in range(0, len(question), step):
             rows = np.arange(start, min(start + step, len(question)))
@@ -61,26 +62,65 @@ class PromptBatch:
         return np.concatenate(out) if out else np.zeros((0, len(label_index)), np.float32)
 
     def _step(self, q: np.ndarray, edits: RowEdits, label_index) -> np.ndarray:
-        net, qt = self.net, torch.as_tensor(q)
+        net = self.net
         if self.kv is None:  # whole prompts, readout token last (left padding)
             ids, mask, pos = left_pad([self.seqs[i] for i in q], self.pad_id, self.device)
-            extra = {}
-        else:
-            from transformers.cache_utils import DynamicCache
-
-            cache = DynamicCache()
-            for i, (k, v) in enumerate(self.kv):
-                idx = qt.to(k.device)
-                cache.update(k.index_select(0, idx), v.index_select(0, idx), i)
-            m = self.mask[qt.to(self.mask.device)]
-            mask = torch.cat([m, torch.ones_like(m[:, :1])], dim=1)  # (rows, T)
-            ids = self.last[qt.to(self.last.device)]  # (rows, 1)
-            pos = to_device((self.lengths[qt] - 1)[:, None], self.device)  # (rows, 1)
-            extra = {cache_kwarg(net): cache}
+            with intervene(net, edits):
+                res = net(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=1)
+            return restricted_logits(res.logits[:, -1, :], label_index).cpu().numpy()
+        order = np.argsort(q, kind="stable")  # rows of one question together: their cache is one broadcast copy
+        q, edits = q[order], edits.select(order)
+        qt = torch.as_tensor(q)
+        m = self.mask[qt.to(self.mask.device)]
+        mask = torch.cat([m, torch.ones_like(m[:, :1])], dim=1)  # (rows, T)
+        ids = self.last[qt.to(self.last.device)]  # (rows, 1)
+        pos = to_device((self.lengths[qt] - 1)[:, None], self.device)  # (rows, 1)
+        cache = _slot_cache(self.kv, q)
         with intervene(net, edits):
-            res = net(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=bool(extra),
-                      logits_to_keep=1, **extra)
-        return restricted_logits(res.logits[:, -1, :], label_index).cpu().numpy()
+            res = net(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
+                      **{cache_kwarg(net): cache})
+        out = np.empty((len(q), len(label_index)), dtype=np.float32)
+        out[order] = restricted_logits(res.logits[:, -1, :], label_index).cpu().numpy()
+        return out
+
+
+def _slot_cache(kv, q: np.ndarray):
+    """A cache of the rows' prompts (row r = question ``q[r]``, rows of a question adjacent) with
+    one free slot per layer for the readout token: each question's keys/values are broadcast into
+    its rows once, and the readout token's are written into the slot (a plain DynamicCache would
+    copy the whole cache a second time to append them)."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    class SlotLayer(DynamicLayer):
+        def __init__(self, keys, values):
+            super().__init__()
+            self.keys, self.values, self.device, self.is_initialized = keys, values, keys.device, True
+            self.filled = keys.shape[-2] - 1
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            t = key_states.shape[-2]
+            self.keys[..., self.filled:self.filled + t, :] = key_states
+            self.values[..., self.filled:self.filled + t, :] = value_states
+            self.filled += t
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self.filled
+
+    starts = np.flatnonzero(np.r_[True, q[1:] != q[:-1]])
+    bounds = list(zip(starts, np.r_[starts[1:], len(q)], q[starts]))  # (first row, end row, question)
+    layers = []
+    for k, v in kv:
+        rows, heads, width, dim = len(q), k.shape[1], k.shape[2] + 1, k.shape[3]
+        keys = torch.empty((rows, heads, width, dim), dtype=k.dtype, device=k.device)
+        values = torch.empty((rows, heads, width, dim), dtype=v.dtype, device=v.device)
+        for a, b, j in bounds:
+            keys[a:b, :, :-1] = k[j]
+            values[a:b, :, :-1] = v[j]
+        layers.append(SlotLayer(keys, values))
+    cache = DynamicCache()
+    cache.layers = layers
+    return cache
 
 
 def label_index(label_ids: dict[str, list[int]], device) -> dict[str, torch.Tensor]:

@@ -1,0 +1,138 @@
+"""make_splits / score_splits: ep equals scikit-learn per split, the shared-Gram ridge equals a fit
+per split, planted signals are found, the permutation null behaves and is reproducible."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hf_introspect.analysis.linear_probe import fit_probe
+from hf_introspect.analysis.split_fits import auroc, make_splits, score_splits
+from hf_introspect.errors import UserError
+
+
+def planted(n=300, d=40, r2=0.6, seed=0):
+    """Activations and a target with population R^2 ``r2`` on a direction of them."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)) * rng.uniform(0.5, 2.0, d)
+    w = rng.normal(size=d)
+    signal = (X - X.mean(0)) @ w
+    signal /= signal.std()
+    y = signal + np.sqrt((1 - r2) / r2) * rng.normal(size=n)
+    return rng, X, y
+
+
+def test_make_splits_by_seed():
+    splits = make_splits(50, n_splits=7, test_size=0.2, seed=3)
+    assert len(splits) == 7
+    for train, test in splits:
+        assert len(test) == 10 and len(train) == 40
+        assert np.array_equal(np.sort(np.r_[train, test]), np.arange(50))
+    again = make_splits(50, n_splits=7, test_size=0.2, seed=3)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(splits, again))
+    assert not np.array_equal(splits[0][1], make_splits(50, 7, 0.2, seed=4)[0][1])
+    for args, message in (((3,), "at least 5"), ((50, 5, 1.5), "test_size"), ((50, 0), "n_splits")):
+        with pytest.raises(UserError, match=message):
+            make_splits(*args)
+
+
+def test_ep_equals_sklearn_pipeline_on_the_same_splits():
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import Ridge
+    from sklearn.metrics import r2_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng, X, y = planted(n=150, d=200, r2=0.5)
+    splits = make_splits(150, n_splits=6, seed=1)
+    ours = score_splits(X, y, splits, method="ep")
+    ref = [r2_score(y[te], make_pipeline(StandardScaler(), PCA(100, svd_solver="full"), Ridge(alpha=1000.0))
+                    .fit(X[tr], y[tr]).predict(X[te])) for tr, te in splits]
+    np.testing.assert_allclose(ours.scores, ref, atol=1e-6)
+    assert ours.metric == "r2"
+
+
+def test_ep_ritz_solver_close_to_full():
+    rng, X, y = planted(n=560, d=300, r2=0.5, seed=2)
+    X = X @ (rng.normal(size=(300, 300)) / 17.0)  # a decaying spectrum, as activations have
+    splits = make_splits(560, n_splits=4, seed=0)
+    full = score_splits(X, y, splits, method="ep", solver="full").scores
+    ritz = score_splits(X, y, splits, method="ep", solver="ritz").scores
+    assert abs(full.mean() - ritz.mean()) < 2e-3 and np.abs(full - ritz).max() < 5e-3
+
+
+def test_ridge_shared_gram_equals_one_fit_per_split():
+    from sklearn.metrics import r2_score
+
+    rng, X, y = planted(n=120, d=70, r2=0.5, seed=5)
+    splits = make_splits(120, n_splits=5, seed=0)
+    ours = score_splits(X, y, splits, alpha=0.3)
+    scale = X.std(0)
+    Z = (X - X.mean(0)) / scale
+    unit = np.sum(Z ** 2) / len(Z)  # alpha's unit: the mean eigenvalue of the layer's Gram matrix
+    ref = [r2_score(y[te], fit_probe(X[tr], y[tr], alpha=0.3 * unit, scale=scale).predict(X[te]))
+           for tr, te in splits]
+    np.testing.assert_allclose(ours.scores, ref, atol=1e-6)
+
+
+def test_planted_signal_null_and_shuffled_target():
+    rng, X, y = planted(n=300, d=40, r2=0.6)
+    splits = make_splits(300, n_splits=30, seed=0)
+    res = score_splits(X, y, splits, permutations=40, seed=0)
+    assert 0.5 < res.mean < 0.65  # the planted 0.6, less a little estimation loss
+    assert np.quantile(res.null, 0.95) < 0.05 and res.p_value == pytest.approx(1 / 41)
+    shuffled = score_splits(X, rng.permutation(y), splits, permutations=40, seed=0)
+    assert abs(shuffled.mean) < 0.05 and shuffled.p_value > 0.05
+    again = score_splits(X, y, splits, permutations=40, seed=0)
+    np.testing.assert_array_equal(again.null, res.null)
+    assert not np.array_equal(score_splits(X, y, splits, permutations=40, seed=1).null, res.null)
+
+
+def test_planted_layer_is_the_best_layer():
+    rng, X, y = planted(n=200, d=30, r2=0.7, seed=7)
+    layers = [rng.normal(size=X.shape), X, rng.normal(size=X.shape)]  # the signal lives in layer 1 only
+    splits = make_splits(200, n_splits=20, seed=0)
+    results = [score_splits(L, y, splits, permutations=30) for L in layers]
+    assert int(np.argmax([r.mean for r in results])) == 1
+    assert results[1].p_value < 0.05 and results[0].p_value > 0.05 and results[2].p_value > 0.05
+
+
+def test_binary_auroc_matches_sklearn_and_multiclass_accuracy():
+    from sklearn.metrics import roc_auc_score
+
+    rng, X, y = planted(n=160, d=30, r2=0.6, seed=8)
+    labels = y > np.median(y)
+    splits = make_splits(160, n_splits=5, seed=0)
+    res = score_splits(X, labels, splits, task="binary", method="logistic")
+    ref = [roc_auc_score(labels[te], fit_probe(X[tr], labels[tr], method="logistic", task="binary").decision(X[te]))
+           for tr, te in splits]
+    np.testing.assert_allclose(res.scores, ref, atol=1e-9)
+    assert res.metric == "auroc" and res.extra["accuracy"].shape == (5,) and res.mean > 0.7
+    ridge = score_splits(X, labels, splits, task="binary", permutations=10)
+    assert ridge.mean > 0.8 and 0.35 < ridge.null.mean() < 0.65 and ridge.extra["accuracy"].mean() > 0.7
+    letters = np.array(list("ABCD"))[np.digitize(y, np.quantile(y, [0.25, 0.5, 0.75]))]
+    multi = score_splits(X, letters, splits, task="multiclass", permutations=10)
+    # chance is 0.25, but a null of balanced classes sits below it (a class frequent in a training set
+    # is rare in its test set): hence the null, not 0.25, as the reference
+    assert multi.metric == "accuracy" and multi.mean > np.quantile(multi.null, 0.95) + 0.1 and multi.null.mean() < 0.3
+
+
+def test_auroc_with_ties_equals_sklearn():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 4, size=(3, 30, 2)).astype(float)  # many ties
+    positive = rng.random((3, 30, 2)) > 0.5
+    ours = auroc(scores, positive)
+    for s in range(3):
+        for c in range(2):
+            assert ours[s, c] == pytest.approx(roc_auc_score(positive[s, :, c], scores[s, :, c]))
+
+
+def test_score_splits_bad_input():
+    X = np.random.default_rng(0).normal(size=(30, 5))
+    splits = make_splits(30, 3)
+    with pytest.raises(UserError, match="constant"):
+        score_splits(X, np.ones(30), splits)
+    with pytest.raises(UserError, match="permutations"):
+        score_splits(X, np.arange(30.0), splits, permutations=-1)

@@ -77,11 +77,16 @@ def score_splits(X, y, splits, *, method: str = "ridge", task: str = "regression
     copies of ``y`` shuffled over all questions (seeded by ``seed``, the same splits).
 
     ``method="ridge"`` (default): ridge on all dimensions standardised by the layer's mean and std
-    over all questions (label-free; one Gram matrix for every split), the penalty chosen per layer
-    and per permuted copy by exact leave-one-out over all questions from a grid (``alphas``, in units
-    of the Gram's mean eigenvalue; ``alpha=`` fixes it), the intercept from each training split;
-    classes are fitted as +-1 columns (``RidgeClassifier``). ``"ep"``: the reference pipeline per
-    split (:mod:`.split_pca`). ``"logistic"``: :func:`fit_probe` per split (slow; for checks).
+    over all questions (label-free; one Gram matrix for every split), the intercept from each
+    training split, the penalty chosen per layer and per permuted copy by exact leave-one-out over
+    all questions from the grid ``alphas`` (in units of the Gram's mean eigenvalue, default
+    1e-3..1e3 by decades; ``alpha=`` fixes it, same units). That choice is one number per layer
+    that has seen every label, the test labels of each split included; the permuted copies go
+    through the same choice, so the null and p-values are exact, and benchmarks/bench_probe.py
+    measures the score against a strictly nested fit per split (fit_probe on the training rows
+    alone). Classes are fitted as +-1 columns (``RidgeClassifierCV``), scored by the decision.
+    ``"ep"``: the reference pipeline per split (:mod:`.split_pca`; ``alpha`` in absolute units,
+    1000). ``"logistic"``: :func:`fit_probe` per split and permuted copy (slow; for checks).
 
     Example:
         >>> rng = np.random.default_rng(0)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .linear_probe import SCALE_FLOOR
+from .linear_probe import SCALE_FLOOR, lapack_threads
 
 
 def orthonormalize(Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,8 +28,9 @@ def orthonormalize(Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     QR of an (800, 200) block is ~4x slower here, and ~100x under load with 2 threads)."""
     Q, R = Y.double(), None
     for _ in range(2):
-        C = torch.linalg.cholesky(Q.T @ Q).T  # (m, m) upper
-        Q = torch.linalg.solve_triangular(C, Q, upper=True, left=False)
+        with lapack_threads(Y.device):
+            C = torch.linalg.cholesky(Q.T @ Q).T  # (m, m) upper
+            Q = torch.linalg.solve_triangular(C, Q, upper=True, left=False)
         R = C if R is None else C @ R
     return Q, R
 
@@ -56,7 +57,8 @@ def _split_stats(Xt: torch.Tensor, train: torch.Tensor) -> tuple[torch.Tensor, t
 
 def _exact_pairs(ZR: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact top-k: left vectors (n_R, k), squared singular values (k,), right vectors (d, k)."""
-    evals, evecs = torch.linalg.eigh(ZR @ ZR.T)
+    with lapack_threads(ZR.device):
+        evals, evecs = torch.linalg.eigh(ZR @ ZR.T)
     evals, evecs = evals.flip(0)[:k], evecs.flip(1)[:, :k]
     keep = evals > evals[0] * 1e-10
     evals, evecs = evals[keep], evecs[:, keep]
@@ -94,20 +96,25 @@ class LayerBasis:
         """
         PR = self.P[R]  # (n_R, m); near-orthonormal (P is, over all n rows): one Cholesky-QR is exact enough
         PR64 = PR.double()
-        Rf = torch.linalg.cholesky(PR64.T @ PR64).T  # (m, m) upper: PR = Q Rf, Q never formed
+        G = PR64.T @ PR64
+        with lapack_threads(PR.device):
+            Rf = torch.linalg.cholesky(G).T  # (m, m) upper: PR = Q Rf, Q never formed
         inv_scale = (1.0 / scale).float()
         mean32 = mean.float()
         # Z_R^T P[R] = D^-1 (X_R - mean)^T P[R] = D^-1 (X^T P - X_T^T P[T] - mean 1^T P[R])
         XT = self.Xc[T]  # (t, d)
         WP = (self.XtP - XT.T @ self.P[T] - mean32[:, None] * PR.sum(0)[None, :]) * inv_scale[:, None]  # (d, m)
-        B = torch.linalg.solve_triangular(Rf, (WP.T @ WP).double(), upper=True, left=False)
-        B = torch.linalg.solve_triangular(Rf.T, B, upper=False)  # (m, m) = W^T W = Rf^-T WP^T WP Rf^-1
-        evals, phi = torch.linalg.eigh((B + B.T) / 2)
+        WtW = (WP.T @ WP).double()
+        with lapack_threads(PR.device):
+            B = torch.linalg.solve_triangular(Rf, WtW, upper=True, left=False)
+            B = torch.linalg.solve_triangular(Rf.T, B, upper=False)  # (m, m) = W^T W = Rf^-T WP^T WP Rf^-1
+            evals, phi = torch.linalg.eigh((B + B.T) / 2)
         evals, phi = evals.flip(0)[:k], phi.flip(1)[:, :k]
         keep = evals > evals[0] * 1e-10
         evals, phi = evals[keep], phi[:, keep]
         ZTWP = (((XT - mean32) * inv_scale) @ WP).double()  # (t, m) = Z_T W Rf
-        scores = torch.linalg.solve_triangular(Rf, ZTWP, upper=True, left=False) @ phi  # (t, k)
+        with lapack_threads(PR.device):
+            scores = torch.linalg.solve_triangular(Rf, ZTWP, upper=True, left=False) @ phi  # (t, k)
         return PR64, Rf, phi, evals, scores
 
 
@@ -137,7 +144,9 @@ def pca_ridge_split_predictions(X, Y: np.ndarray, splits, *, k: int = 100, alpha
         if use_ritz:
             mean, scale = basis.split_stats(T, len(train))
             PR, Rf, phi, s2, scores = basis.ritz(R, T, mean, scale, k)  # scores: (t, k) = Z_T W phi
-            QtY = torch.linalg.solve_triangular(Rf.T, PR.T @ (YR - ybar), upper=False)  # (m, C) = Q^T y_c
+            PtY = PR.T @ (YR - ybar)
+            with lapack_threads(device):
+                QtY = torch.linalg.solve_triangular(Rf.T, PtY, upper=False)  # (m, C) = Q^T y_c
             w = (phi.T @ QtY) / (s2 + alpha)[:, None]  # (k, C) ridge on the component scores
             out.append(scores @ w + ybar)
             continue

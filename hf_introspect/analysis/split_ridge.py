@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .linear_probe import ALPHA_GRID, SCALE_FLOOR
+from .linear_probe import ALPHA_GRID, SCALE_FLOOR, lapack_threads
 
 SPLIT_CHUNK = 25  # splits solved together: (chunk, t, n) float64 stays ~40 MB at n = 1000
 
@@ -47,7 +47,8 @@ def loo_alphas(K: torch.Tensor, Y: torch.Tensor, grid: np.ndarray, groups: int =
     leverages include the intercept's 1/n. Returns (C // groups,) absolute penalties.
     """
     n = K.shape[0]
-    evals, U = torch.linalg.eigh(K.float() if n > 512 else K)
+    with lapack_threads(K.device):
+        evals, U = torch.linalg.eigh(K.float() if n > 512 else K)
     evals, U = evals.double().clamp_min(0.0), U.double()
     Yc = Y - Y.mean(0)
     UtY = U.T @ Yc  # (n, C)
@@ -73,8 +74,8 @@ def heldout_predictions(K: torch.Tensor, Y: torch.Tensor, tests: torch.Tensor, a
     n = K.shape[0]
     A = K.clone()
     A.diagonal().add_(alpha)
-    L = torch.linalg.cholesky(A)
-    Ainv = torch.cholesky_inverse(L)  # (n, n)
+    with lapack_threads(K.device):
+        Ainv = torch.cholesky_inverse(torch.linalg.cholesky(A))  # (n, n)
     a1 = Ainv.sum(1)
     G = Ainv - torch.outer(a1, a1) / a1.sum()  # (n, n) block of the bordered inverse (intercept)
     c = G @ Y  # (n, C) dual coefficients of the fit on all rows
@@ -86,7 +87,8 @@ def heldout_predictions(K: torch.Tensor, Y: torch.Tensor, tests: torch.Tensor, a
         T = tests[lo:lo + SPLIT_CHUNK]  # (s, t)
         GTT = Gflat[flat[lo:lo + SPLIT_CHUNK]].reshape(len(T), T.shape[1], T.shape[1])  # (s, t, t)
         cT = c.index_select(0, T.reshape(-1)).reshape(len(T), T.shape[1], -1)  # (s, t, C)
-        e = torch.cholesky_solve(cT, torch.linalg.cholesky(GTT))  # (s, t, C) held-out residuals
+        with lapack_threads(K.device):
+            e = torch.cholesky_solve(cT, torch.linalg.cholesky(GTT))  # (s, t, C) held-out residuals
         out.append(Y.index_select(0, T.reshape(-1)).reshape(cT.shape) - e)
     return torch.cat(out)
 
@@ -105,7 +107,9 @@ def ridge_split_predictions(X, Y: np.ndarray, tests: np.ndarray, *, alpha=None, 
     """
     K, _ = standardized_gram(X, device, scale)
     Yt = torch.as_tensor(Y, dtype=torch.float64, device=K.device)
-    unit = float(torch.trace(K)) / K.shape[0]  # mean eigenvalue of the centred Gram matrix
+    # the penalties' unit: the mean eigenvalue of the centred Gram matrix (1 when the activations do
+    # not vary at all, e.g. layer 0 at the readout token: every prediction is then the training mean)
+    unit = float(torch.trace(K)) / K.shape[0] or 1.0
     if alpha is not None:
         chosen = np.full(Y.shape[1] // groups, float(alpha) * unit)
     else:

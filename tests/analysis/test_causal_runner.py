@@ -44,7 +44,7 @@ def test_cache_reuse_equals_whole_prompts_with_edits(opened):
     edits = RowEdits(rng.integers(-1, lm.num_layers + 1, n_rows), rng.choice([NONE, ADD, ABLATE, REPLACE], n_rows),
                      rng.integers(0, 3, n_rows), rng.uniform(-3, 3, n_rows).astype(np.float32),
                      torch.nn.functional.normalize(torch.randn(3, lm.hidden_size), dim=1))
-    fast = readout_rows(lm, inputs.seqs, question, edits, inputs.label_ids, batch_size=4, budget=1 << 16)
+    fast = readout_rows(lm, inputs.seqs, question, edits, inputs.label_ids, batch_size=4, max_tokens=8)
     slow = readout_rows(lm, inputs.seqs, question, edits, inputs.label_ids, batch_size=5, reuse_prefix=False)
     np.testing.assert_allclose(fast, slow, rtol=0, atol=1e-4)
     assert np.abs(fast - inputs.logits[question]).max() > 1e-2  # the edits did something

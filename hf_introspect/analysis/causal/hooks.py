@@ -58,8 +58,8 @@ class RowEdits:
     @staticmethod
     def none(rows: int, hidden: int) -> "RowEdits":
         """``rows`` rows without an edit."""
-        z = np.zeros(rows, dtype=np.int64)
-        return RowEdits(z - 1, z, z, z.astype(np.float32), torch.zeros(1, hidden))
+        return RowEdits(np.full(rows, -1, np.int64), np.zeros(rows, np.int64), np.zeros(rows, np.int64),
+                        np.zeros(rows, np.float32), torch.zeros(1, hidden))
 
 
 def _decoder(net):
@@ -101,8 +101,11 @@ def edit_last(h: torch.Tensor, rows: torch.Tensor, op: torch.Tensor, v: torch.Te
 
 
 @contextmanager
-def intervene(net, edits: RowEdits):
+def intervene(net, edits: RowEdits, every_position: bool = False):
     """Register the hooks for one batch's edits, and remove them on exit, error or not.
+
+    Edit r applies to the last position of batch row r; with ``every_position`` to token r of the
+    flattened (batch x positions) instead (the runner's packed readouts: one token per edit).
 
     Example:
         >>> with intervene(net, edits):       # doctest: +SKIP
@@ -113,21 +116,24 @@ def intervene(net, edits: RowEdits):
         for layer in edits.layers():
             sel = np.flatnonzero((edits.layer == layer) & (edits.op != NONE))
             handles.append(residual_module(net, layer).register_forward_hook(
-                _hook(torch.as_tensor(sel), torch.as_tensor(edits.op[sel]), edits.vectors(sel))))
+                _hook(torch.as_tensor(sel), torch.as_tensor(edits.op[sel]), edits.vectors(sel), every_position)))
         yield
     finally:
         for h in handles:
             h.remove()
 
 
-def _hook(rows: torch.Tensor, op: torch.Tensor, v: torch.Tensor):
+def _hook(rows: torch.Tensor, op: torch.Tensor, v: torch.Tensor, every_position: bool):
     on_device: dict = {}  # device -> (rows, op, v) there (device_map="auto": blocks on several GPUs)
 
     def hook(_module, _args, output):
         h = output[0] if isinstance(output, tuple) else output
         if h.device not in on_device:
             on_device[h.device] = (rows.to(h.device), op.to(h.device), v.to(h.device))
-        new = edit_last(h, *on_device[h.device])
+        if every_position:  # (batch, T, hidden) -> (batch * T, 1, hidden): each token its own row
+            new = edit_last(h.reshape(-1, 1, h.shape[-1]), *on_device[h.device]).reshape(h.shape)
+        else:
+            new = edit_last(h, *on_device[h.device])
         return (new, *output[1:]) if isinstance(output, tuple) else new
 
     return hook

@@ -20,7 +20,7 @@ demo: install
 	$(PY) scripts/inspect_collected_data.py --data_dir demo_run/mcq --show_examples 3
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests hf_introspect   # the tests, then every module's doctests (setup.cfg: --doctest-modules)
 
 clean:
 	rm -rf demo_run $(VENV)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from .errors import UserError
@@ -31,19 +32,33 @@ COMMANDS = {
 }
 
 
+LIBRARIES = ("transformers", "datasets", "accelerate", "peft", "httpx", "huggingface_hub")
+
+
 def setup_logging(debug: bool = False) -> None:
+    """This tool's messages at INFO (DEBUG with ``--debug``); the libraries' warnings only with
+    ``--debug`` (deprecations and tokenizer notices are noise otherwise), errors always.
+    ``TRANSFORMERS_VERBOSITY`` (debug|info|warning|error|critical), when set, wins for transformers.
+    Missing or unexpected weights do not depend on this: models.load refuses them itself.
+
+    Example:
+        >>> setup_logging(); logging.getLogger("datasets").level == logging.ERROR
+        True
+    """
     logging.basicConfig(format="[hf_introspect] %(message)s", level=logging.DEBUG if debug else logging.INFO,
                         stream=sys.stderr)
     logging.getLogger("hf_introspect").setLevel(logging.DEBUG if debug else logging.INFO)
-    # transformers/datasets chatter (deprecations, tokenizer notices) is noise for this tool's users.
-    for name in ("transformers", "datasets", "accelerate", "peft", "httpx", "huggingface_hub"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    library_level = logging.WARNING if debug else logging.ERROR
+    for name in LIBRARIES:
+        logging.getLogger(name).setLevel(library_level)
     try:
         from transformers.utils import logging as tf_logging
-
-        tf_logging.set_verbosity_error()
     except ImportError:
-        pass
+        return
+    # transformers keeps its own handler and level: set it through its API so the env var keeps working
+    env = os.environ.get("TRANSFORMERS_VERBOSITY", "").strip().lower()
+    level = tf_logging.log_levels.get(env, library_level)
+    tf_logging.set_verbosity(level)
 
 
 def run_command(module_name: str, args: argparse.Namespace) -> int:

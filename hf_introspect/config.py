@@ -70,8 +70,11 @@ class CollectConfig:
     overwrite: bool = False
     dry_run: bool = False
     force: bool = False
+    # Go on when the checkpoint lacks weights (initialised at random) or has unused ones; the
+    # weights not loaded are recorded in run_config.json's model identity.
+    allow_missing_weights: bool = False
 
-    NON_IDENTITY = ("output_dir", "overwrite", "dry_run", "force")
+    NON_IDENTITY = ("output_dir", "overwrite", "dry_run", "force", "allow_missing_weights")
 
     def __post_init__(self):
         if self.model_type not in ("base", "finetuned"):

@@ -645,7 +645,8 @@ def collect(cfg: CollectConfig, *, lm: LoadedModel | None = None, questions: Dat
     templates = load_templates(cfg.prompt_templates)
     if lm is None:
         lm = load_model(cfg.model, lora_checkpoint=cfg.lora_checkpoint, dtype=cfg.dtype,
-                        device=None if cfg.device_map else state.device, device_map=cfg.device_map)
+                        device=None if cfg.device_map else state.device, device_map=cfg.device_map,
+                        allow_missing_weights=cfg.allow_missing_weights)
     layers = parse_layers(cfg.layers, lm.num_layers + 1)
     label_ids = {p: resolve_label_token_ids(lm.tokenizer, labels_for_pass(p)) for p in cfg.passes}
     n_shards = -(-len(questions) // cfg.shard_rows)

@@ -18,6 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lora_checkpoint", default=None, help="PEFT LoRA adapter folder (with --model_type finetuned)")
     g.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on GPU) | float32 | float16 | bfloat16")
     g.add_argument("--device_map", default=None, help="e.g. auto: spread one model over all visible GPUs")
+    g.add_argument("--allow_missing_weights", action="store_true",
+                   help="go on when the checkpoint lacks weights (initialised at random) or has unused ones "
+                        "(default: refuse; the weights not loaded are recorded in run_config.json)")
     g = p.add_argument_group("questions")
     g.add_argument("--questions", default=None,
                    help="PATH.jsonl|.json|.csv|.parquet or hub:REPO[:CONFIG][:SPLIT] (default: built-in bank)")

@@ -127,9 +127,46 @@ def _offline_hint(exc: Exception, what: str) -> UserError:
                      "(HF_HUB_OFFLINE=1 only finds models already in the local cache), or pass a local folder")
 
 
+def weights_report_error(info: dict, where: str) -> str | None:
+    """One line naming the weights a checkpoint lacks (initialised at random) or has in excess, or
+    None when every weight loaded; ``info`` is transformers' ``output_loading_info`` dict.
+
+    Example:
+        >>> weights_report_error({"missing_keys": {"lm_head.weight"}, "unexpected_keys": set()}, "model m")
+        'model m: 1 weight missing from the checkpoint and initialised at random (lm_head.weight); re-save or re-download the checkpoint, or pass --allow_missing_weights to go on'
+        >>> weights_report_error({"missing_keys": set(), "unexpected_keys": set()}, "model m") is None
+        True
+    """
+    missing = sorted(info.get("missing_keys") or ())
+    # a shape mismatch is re-initialised too: as good as missing
+    missing += sorted(str(k[0]) for k in info.get("mismatched_keys") or ())
+    unexpected = sorted(info.get("unexpected_keys") or ())
+    parts = []
+    for names, what in ((missing, "missing from the checkpoint and initialised at random"),
+                        (unexpected, "in the checkpoint but not in the model (unused)")):
+        if names:
+            shown = ", ".join(names[:3]) + (f", ... {len(names) - 3} more" if len(names) > 3 else "")
+            parts.append(f"{len(names)} weight{'s' if len(names) > 1 else ''} {what} ({shown})")
+    if not parts:
+        return None
+    return (f"{where}: " + "; ".join(parts) + "; re-save or re-download the checkpoint, "
+            "or pass --allow_missing_weights to go on")
+
+
+def _weights_not_loaded(info: dict) -> dict:
+    """The load report's lists, JSON-ready, for run_config.json (empty lists when all loaded)."""
+    return {"missing": sorted(info.get("missing_keys") or ()) + sorted(str(k[0]) for k in info.get("mismatched_keys") or ()),
+            "unexpected": sorted(info.get("unexpected_keys") or ())}
+
+
 def load_model(model: str | None, *, lora_checkpoint: str | None = None, dtype: str = "auto",
-               device: str | torch.device | None = None, device_map: str | None = None) -> LoadedModel:
+               device: str | torch.device | None = None, device_map: str | None = None,
+               allow_missing_weights: bool = False) -> LoadedModel:
     """Load model + tokenizer (+ LoRA adapter) ready for batched, left-padded inference.
+
+    A checkpoint with missing or unexpected weights (a missing ``lm_head`` would give random
+    readouts) is refused with one line unless ``allow_missing_weights``; then the weights not
+    loaded are recorded in ``identity["weights_not_loaded"]`` (run_config.json).
 
     Example:
         >>> lm = load_model(None)                      # embedded SmolLM2-135M-Instruct  # doctest: +SKIP
@@ -156,17 +193,25 @@ def load_model(model: str | None, *, lora_checkpoint: str | None = None, dtype: 
     gguf_path = Path(src.path_or_id) / src.gguf_file if src.gguf_file else None
     cache = gguf_cache.entry_for(gguf_path, torch_dtype) if gguf_path and device_map is None else None
     loaded = gguf_cache.load(cache, torch_dtype) if cache is not None else None
+    # the converted copy's weights hash as the checked conversion did: nothing missing there
+    report = {}
     if loaded is not None:
         tok, net = loaded
     else:
         try:
             tok = _load_tokenizer(src)
-            net = AutoModelForCausalLM.from_pretrained(src.path_or_id, dtype=torch_dtype, **kwargs)
+            net, report = AutoModelForCausalLM.from_pretrained(src.path_or_id, dtype=torch_dtype,
+                                                               output_loading_info=True, **kwargs)
         except UserError:
             raise
         except (OSError, ValueError, EnvironmentError) as exc:
             raise _offline_hint(exc, f"model '{src.path_or_id}'") from exc
-        if cache is not None:
+        problem = weights_report_error(report, f"--model {src.path_or_id}")
+        if problem and not allow_missing_weights:
+            raise UserError(problem)
+        if problem:
+            logger.warning("going on with --allow_missing_weights: %s", problem.split("; re-save")[0])
+        if cache is not None and not problem:  # a partial conversion is not kept: each load re-checks
             gguf_cache.save(cache, tok, net, source=gguf_path)
     tok = _prepare_tokenizer(tok)
     if device_map is None and device is not None:
@@ -178,6 +223,9 @@ def load_model(model: str | None, *, lora_checkpoint: str | None = None, dtype: 
         "model_fingerprint": _model_fingerprint(src, net),
         "torch_dtype": str(torch_dtype).replace("torch.", ""),
     }
+    not_loaded = _weights_not_loaded(report)
+    if not_loaded["missing"] or not_loaded["unexpected"]:
+        identity["weights_not_loaded"] = not_loaded
     checkpoint_id = "base"
     if adapter is not None:
         net = _attach_adapter(net, adapter)

@@ -227,7 +227,8 @@ def direction_sweep(data, passes, targets: dict, *, position="answer", layers=No
                 real = D.cosine(fitted[a][k][0], fitted[b][k][0])
                 null = np.einsum("pd,pd->p", fitted[a][k][1:], fitted[b][k][1:])
                 pairs[f"{a}~{b}"][k].append(_null_row(layer, real, null))
-        log.debug("directions layer %d done", layer)
+        log.info("directions: layer %d done (%d of %d, %.0f s)", layer, layers.index(layer) + 1, len(layers),
+                 time.perf_counter() - t0)
     dirs = D.DirectionSet(vectors, scores, {
         "run": str(data.source), "model": data.model_name, "targets": targets, "position": str(position),
         "probe_method": method, "quantile": quantile, "n_questions": n, "n_splits": n_splits, "seed": seed,

@@ -145,8 +145,10 @@ def transfer_layer(X_train, tests: dict, y, splits, *, n_components: int = PCA_C
 
 
 def cross_layer(X_a, X_b, y_a, y_b, splits, *, n_components: int = PCA_COMPONENTS, alpha: float = RIDGE_ALPHA,
-                standardisation: str = "separate") -> np.ndarray:
-    """The 2x2 cross-prediction of one layer -> (2, 2, n_splits) test R^2.
+                standardisation: str = "separate", return_r: bool = False):
+    """The 2x2 cross-prediction of one layer -> (2, 2, n_splits) test R^2 (and, with ``return_r``,
+    the Pearson r of the predictions with the target, same shape: blind to the offset and scale a
+    probe trained on the other pass's target carries, which R^2 charges for).
 
     ``[i, j]``: probe trained on pass i's activations for pass i's target (a: self_conf ->
     self_confidence, b: other_conf -> other_confidence), applied to pass j's held-out activations,
@@ -166,14 +168,16 @@ def cross_layer(X_a, X_b, y_a, y_b, splits, *, n_components: int = PCA_COMPONENT
         raise UserError(f"unknown standardisation {standardisation!r}; use one of {STANDARDISATIONS}")
     y_a, y_b = _check(y_a, {"a": X_a, "b": X_b}, splits), np.asarray(y_b, np.float64)
     mats, ys = (X_a, X_b), (y_a, y_b)
-    out = np.empty((2, 2, len(splits)))
+    out, corr = np.empty((2, 2, len(splits))), np.empty((2, 2, len(splits)))
     for s, (tr, te) in enumerate(splits):
         for i in range(2):
             probe = fit_reference_probe(mats[i][tr], ys[i][tr], n_components, alpha)
             for j in range(2):
                 stats = standardiser(mats[j][tr]) if (standardisation == "separate" and j != i) else (None, None)
-                out[i, j, s] = r2(ys[j][te], probe.predict(mats[j][te], *stats)[:, 0])
-    return out
+                pred = probe.predict(mats[j][te], *stats)[:, 0]
+                out[i, j, s] = r2(ys[j][te], pred)
+                corr[i, j, s] = np.corrcoef(pred, ys[j][te])[0, 1] if pred.std() > 0 else np.nan
+    return (out, corr) if return_r else out
 
 
 def transfer_ratio(direct, transferred) -> dict:

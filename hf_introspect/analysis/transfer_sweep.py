@@ -16,6 +16,7 @@ Transfer ratio per test pass and standardisation = best transferred R^2 / best d
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ import numpy as np
 from ..errors import UserError
 from . import transfer as T
 
+log = logging.getLogger("hf_introspect")
 CROSS = (("self_conf", "self_confidence"), ("other_conf", "other_confidence"))
 
 
@@ -130,8 +132,11 @@ def transfer_sweep(data, train: str = "mcq", tests=("self_conf", "other_conf"), 
             row["transfer"][t] = cell
         out.layers.append(row)
         if do_cross:
-            c = T.cross_layer(mats["self_conf"], mats["other_conf"], cross_y[0], cross_y[1], splits)
-            cross_rows.append({"layer": layer, "r2": c.mean(-1), "r2_std": c.std(-1)})
+            c, r = T.cross_layer(mats["self_conf"], mats["other_conf"], cross_y[0], cross_y[1], splits,
+                                 return_r=True)
+            cross_rows.append({"layer": layer, "r2": c.mean(-1), "r2_std": c.std(-1), "r": np.nanmean(r, -1)})
+        log.info("transfer: layer %d done (%d of %d, %.0f s)", layer, len(out.layers), len(layers),
+                 time.perf_counter() - t0)
     direct = [r["direct"] for r in out.layers]
     i = int(np.nanargmax(direct))
     out.best = {"direct": {"layer": layers[i], "r2": direct[i]}}
@@ -147,7 +152,7 @@ def transfer_sweep(data, train: str = "mcq", tests=("self_conf", "other_conf"), 
         b = int(np.nanargmax(diag))
         out.cross = {"passes": [p for p, _ in CROSS], "targets": [col for _, col in CROSS],
                      "standardisation": "separate", "layers": cross_rows, "best_layer": layers[b],
-                     "at_best_layer": cross_rows[b]["r2"]}
+                     "at_best_layer": cross_rows[b]["r2"], "r_at_best_layer": cross_rows[b]["r"]}
     out.seconds = time.perf_counter() - t0
     return out
 
@@ -171,7 +176,10 @@ def summary(res: TransferResult) -> str:
         c, names = res.cross["at_best_layer"], res.cross["passes"]
         lines.append(f"cross-prediction at layer {res.cross['best_layer']} (R^2 against the activations' own target; "
                      f"rows: probe trained on, columns: activations)")
-        lines.append(f" {'':>12}" + "".join(f"{n:>12}" for n in names))
+        r = res.cross["r_at_best_layer"]
+        lines.append(f" {'':>12}" + "".join(f"{n:>12}" for n in names) + "   Pearson r:" +
+                     "".join(f"{n:>12}" for n in names))
         for i, n in enumerate(names):
-            lines.append(f" {n:>12}" + "".join(f"{c[i][j]:12.3f}" for j in range(2)))
+            lines.append(f" {n:>12}" + "".join(f"{c[i][j]:12.3f}" for j in range(2)) + " " * 11 +
+                         "".join(f"{r[i][j]:12.3f}" for j in range(2)))
     return "\n".join(lines)

@@ -90,10 +90,24 @@ def test_cross_prediction_shared_vs_private():
     # per-feature rescaling of "separate" would bend v off its orthogonality with u and w.
     Xs = np.outer(ys, u) + np.outer(yo, w) + noise()
     Xo = np.outer(yo, v) + noise()
-    c = T.cross_layer(Xs, Xo, ys, yo, splits, alpha=1.0, standardisation="centered").mean(-1)
-    assert c[0, 0] > 0.95 and c[1, 1] > 0.95
+    c, r = T.cross_layer(Xs, Xo, ys, yo, splits, alpha=1.0, standardisation="centered", return_r=True)
+    c, r = c.mean(-1), r.mean(-1)
+    assert c[0, 0] > 0.95 and c[1, 1] > 0.95 and r[0, 0] > 0.97 and abs(r[0, 1]) < 0.5
     # off-diagonal: only the probes' noise-fitted weights (~1/sqrt(n) along u and w) read anything
     assert c[0, 1] < 0.2 and c[1, 0] < 0.2
+
+
+def test_cross_correlation_ignores_a_units_mismatch():
+    # other_conf writes the same quantity along the same direction, in other units (x3 + 10): the
+    # self probe's predictions correlate perfectly with it while R^2 charges the offset and scale
+    rng = np.random.default_rng(6)
+    n, d = 300, 16
+    (u,) = orthonormal(d, 1, 6)
+    ys = rng.normal(size=n)
+    Xs, Xo = (np.outer(ys, u) + 0.05 * rng.normal(size=(n, d)) for _ in range(2))
+    c, r = T.cross_layer(Xs, Xo, ys, 3 * ys + 10, splits_of(n), alpha=1.0, return_r=True)
+    assert r.mean(-1).min() > 0.98
+    assert c[0, 1].mean() < 0.0 < 0.95 < c[1, 1].mean()
 
 
 def test_transfer_ratio_undefined_without_direct_signal():

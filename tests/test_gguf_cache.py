@@ -29,8 +29,11 @@ def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_INTROSPECT_CACHE", str(tmp_path))
     assert gguf_cache.cache_root() == tmp_path
     monkeypatch.delenv("HF_INTROSPECT_CACHE")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert gguf_cache.cache_root() == tmp_path / "xdg" / "hf_introspect"
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # under the HF cache root by default
+    assert gguf_cache.cache_root() == tmp_path / "hf" / "hf_introspect" / "gguf"
+    monkeypatch.delenv("HF_HOME")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # HF_HOME's own default
+    assert gguf_cache.cache_root() == tmp_path / "xdg" / "huggingface" / "hf_introspect" / "gguf"
     entry = gguf_cache.entry_for(src, torch.bfloat16)
     assert entry.name.startswith("gguf-") and "-bfloat16-transformers" in entry.name
 

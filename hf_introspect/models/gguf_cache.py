@@ -8,9 +8,10 @@ plain transformers folder (safetensors); later loads read that in about a second
 The copy is keyed by the sha256 of the whole GGUF file (computed once per file version and
 remembered by path, size, mtime and inode), the dtype and the versions of transformers, gguf and
 torch that converted it; it carries a sha256 of every converted weight, and a copy that does not
-load or does not hash to that value is removed and converted again. Location: ``$HF_INTROSPECT_CACHE`` (``off`` disables it), else
-``$XDG_CACHE_HOME/hf_introspect``, else ``~/.cache/hf_introspect``. Size: the model in the dtype
-it was loaded in (SmolLM2-135M in float32: ~540 MB).
+load or does not hash to that value is removed and converted again. Location:
+``$HF_INTROSPECT_CACHE`` (``off`` disables it), else ``$HF_HOME/hf_introspect/gguf`` (HF_HOME
+defaulting as in huggingface_hub: ``~/.cache/huggingface``). Size: the model in the dtype it was
+loaded in (SmolLM2-135M in float32: ~540 MB).
 """
 
 from __future__ import annotations
@@ -34,17 +35,24 @@ MARKER = "hf_introspect_gguf_cache.json"
 def cache_root() -> Path | None:
     """Where converted GGUF checkpoints are kept; None when caching is off.
 
+    ``$HF_INTROSPECT_CACHE`` (``off`` disables it), else ``hf_introspect/gguf`` under the Hugging
+    Face cache root (``$HF_HOME``, else ``$XDG_CACHE_HOME/huggingface``, else
+    ``~/.cache/huggingface``): one place to look at and clean, beside the models it came from.
+
     Example:
-        >>> cache_root()                       # with HF_INTROSPECT_CACHE unset   # doctest: +SKIP
-        PosixPath('/root/.cache/hf_introspect')
+        >>> os.environ["HF_HOME"] = "/data/hf"; os.environ.pop("HF_INTROSPECT_CACHE", None)  # doctest: +SKIP
+        >>> cache_root()                                                                       # doctest: +SKIP
+        PosixPath('/data/hf/hf_introspect/gguf')
     """
     value = os.environ.get("HF_INTROSPECT_CACHE", "").strip()
     if value.lower() in ("off", "0", "none", "false"):
         return None
     if value:
         return Path(value).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "hf_introspect"
+    # read at call time, not from huggingface_hub.constants (fixed at its import)
+    hf_home = os.environ.get("HF_HOME") or str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                                               / "huggingface")
+    return Path(hf_home).expanduser() / "hf_introspect" / "gguf"
 
 
 def _versions() -> str:

@@ -73,8 +73,11 @@ class CollectConfig:
     # Go on when the checkpoint lacks weights (initialised at random) or has unused ones; the
     # weights not loaded are recorded in run_config.json's model identity.
     allow_missing_weights: bool = False
+    # Leave out questions whose prompt exceeds the model's context (listed in run_config.json);
+    # the kept questions' ids are part of the identity already (question_ids_hash).
+    skip_long: bool = False
 
-    NON_IDENTITY = ("output_dir", "overwrite", "dry_run", "force", "allow_missing_weights")
+    NON_IDENTITY = ("output_dir", "overwrite", "dry_run", "force", "allow_missing_weights", "skip_long")
 
     def __post_init__(self):
         if self.model_type not in ("base", "finetuned"):

@@ -36,12 +36,12 @@ def cli_args(model_dir, qfile, out):
             "--save_every", "1", "--max_new_tokens", "2"]
 
 
-def assert_same_run(a_dir: Path, b_dir: Path) -> None:
+def assert_same_run(a_dir: Path, b_dir: Path, n: int = N) -> None:
     a, b = load_from_disk(str(a_dir)), load_from_disk(str(b_dir))
     assert list(a) == list(b)
     for split in a:
         x, y = a[split].with_format("numpy", dtype=None), b[split].with_format("numpy", dtype=None)
-        assert x.column_names == y.column_names and len(x) == len(y) == N
+        assert x.column_names == y.column_names and len(x) == len(y) == n
         for col in x.column_names:
             for u, v in zip(x[col], y[col]):
                 np.testing.assert_array_equal(u, v, err_msg=f"{split}.{col}")

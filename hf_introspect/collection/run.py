@@ -27,6 +27,7 @@ from datasets.utils import logging as ds_logging
 from .. import __version__
 from ..config import CollectConfig, config_hash, kept_positions, parse_layers
 from ..errors import UserError
+from .context_check import check_long, find_long, max_positions
 from .inference import BatchOutput, PendingBatch, continue_batches, launch_batch, row_generator
 from ..models.load import LoadedModel, load_model
 from .pipeline import HostBuffers, ShardJob, ShardPrefetcher
@@ -664,6 +665,8 @@ def collect(cfg: CollectConfig, *, lm: LoadedModel | None = None, questions: Dat
     try:
         prompts = {p: build_prompt_dataset(questions, p, templates[p], lm.tokenizer, lm.use_chat_template,
                                            fingerprint=f"{run.run_id}-{p}-prompts") for p in cfg.passes}
+        prompts, run = _fit_context(run, prompts, templates)  # over-long prompts: refused, or dropped
+        questions = run.questions
         buffers = HostBuffers(len(layers), lm.hidden_size, cfg.act_dtype, pin=device.type == "cuda")
         contexts = {p: PassContext(cfg, lm, p, labels_for_pass(p), label_ids[p], layers, _eos_ids(lm),
                                    run.micro_batch, buffers, decode_max_rows=DECODE_MAX_ROWS.get(device.type, 1),
@@ -683,6 +686,26 @@ def collect(cfg: CollectConfig, *, lm: LoadedModel | None = None, questions: Dat
         finalize_run(out, cfg.passes)
     state.wait_for_everyone()
     return load_from_disk(str(out))
+
+
+def _fit_context(run: "RunSetup", prompts: dict[str, Dataset], templates: dict) -> tuple[dict[str, Dataset], "RunSetup"]:
+    """Refuse prompts longer than the model's context, or with ``--skip_long`` drop their questions
+    from every pass (a question is collected in all passes or none) and record them."""
+    from dataclasses import replace
+
+    first = next(iter(prompts.values()))
+    found = find_long({p: _column(ds, "seq_len") for p, ds in prompts.items()}, _column(first, "question_id"),
+                      max_positions(run.lm.model.config), run.cfg.max_new_tokens)
+    keep = check_long(found, run.cfg.skip_long)
+    if keep is None:
+        return prompts, run
+    questions = run.questions.select(keep).flatten_indices(keep_in_memory=True)
+    prompts = {p: ds.select(keep).flatten_indices(keep_in_memory=True) for p, ds in prompts.items()}
+    n_shards = -(-len(questions) // run.cfg.shard_rows)
+    run_config = build_run_config(run.cfg, run.lm, templates, run.layers, run.label_ids, questions,
+                                  {"rows_per_shard": run.cfg.shard_rows, "num_shards": n_shards})
+    run_config["skipped_long"] = found.record()
+    return prompts, replace(run, questions=questions, n_shards=n_shards, run_config=run_config)
 
 
 @dataclass

@@ -49,6 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--overwrite", action="store_true", help="replace an existing run in --output_dir")
     g.add_argument("--dry_run", action="store_true", help="print the plan (sizes, free disk, time) and write nothing")
     g.add_argument("--force", action="store_true", help="start even if the plan says the disk is too small")
+    g.add_argument("--skip_long", action="store_true",
+                   help="leave out questions whose prompt exceeds the model's context (default: refuse the run)")
     g.add_argument("--no_share_prefix", dest="share_prefix", action="store_false",
                    help="run every prompt whole instead of computing the prompts' common opening tokens once per pass")
 

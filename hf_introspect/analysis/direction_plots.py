@@ -190,11 +190,14 @@ def plot_transfer(result, path, other=None) -> Path:
         for i in range(2):
             for j in range(2):
                 ax.plot(x, [c["r2"][i][j] for c in res.cross["layers"]], "-" if i == j else "--", color=f"C{2 * i + j}",
-                        label=f"{names[i]} probe on {names[j]}")
+                        label=f"{names[i]} probe on {names[j]}: R$^2$")
+                if i != j:  # Pearson r: the same readout, blind to the other target's units
+                    ax.plot(x, [c["r"][i][j] for c in res.cross["layers"]], ":", color=f"C{2 * i + j}",
+                            label=f"{names[i]} probe on {names[j]}: r")
         ax.axhline(0, color="0.4", lw=0.7)
         ax.set_ylim(-1.0, 1.0)
         ax.set_xlabel("layer (residual index)")
-        ax.set_title("2x2 cross-prediction (scored against the activations' own target)", fontsize=9)
+        ax.set_title("2x2 cross-prediction (against the activations' own target)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     return _save(fig, path)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -134,7 +135,10 @@ def transfer_sweep(data, train: str = "mcq", tests=("self_conf", "other_conf"), 
         if do_cross:
             c, r = T.cross_layer(mats["self_conf"], mats["other_conf"], cross_y[0], cross_y[1], splits,
                                  return_r=True)
-            cross_rows.append({"layer": layer, "r2": c.mean(-1), "r2_std": c.std(-1), "r": np.nanmean(r, -1)})
+            with warnings.catch_warnings():  # constant activations (layer 0): r is NaN in every split
+                warnings.simplefilter("ignore", RuntimeWarning)
+                r_mean = np.nanmean(r, -1)
+            cross_rows.append({"layer": layer, "r2": c.mean(-1), "r2_std": c.std(-1), "r": r_mean})
         log.info("transfer: layer %d done (%d of %d, %.0f s)", layer, len(out.layers), len(layers),
                  time.perf_counter() - t0)
     direct = [r["direct"] for r in out.layers]

@@ -27,6 +27,7 @@ from datasets.utils import logging as ds_logging
 from .. import __version__
 from ..config import CollectConfig, config_hash, kept_positions, parse_layers
 from ..errors import UserError
+from .run_lock import holding_run_lock
 from .context_check import check_long, find_long, max_positions
 from .inference import BatchOutput, PendingBatch, continue_batches, launch_batch, row_generator
 from ..models.load import LoadedModel, load_model
@@ -626,6 +627,7 @@ def _warmup_seconds(ctx: PassContext, prompts: Dataset, total_tokens: int) -> fl
     return elapsed * total_tokens / max(1, sum(len(s) - len(ctx.prefix_ids or ()) for s in seqs))
 
 
+@holding_run_lock
 def collect(cfg: CollectConfig, *, lm: LoadedModel | None = None, questions: Dataset | None = None) -> DatasetDict | Plan:
     """Run every pass for every question and write the dataset to ``cfg.output_dir``.
 

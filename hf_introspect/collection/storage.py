@@ -31,6 +31,7 @@ from ..errors import UserError
 RUN_CONFIG = "run_config.json"
 DATASET_DICT = "dataset_dict.json"
 _OUR_FILES = {RUN_CONFIG, DATASET_DICT}
+LOCK_NAME = ".hf_introspect.lock"  # held by the running collect (run_lock.py); not part of the run
 
 
 def shard_path(output_dir: str | Path, pass_name: str, index: int, count: int) -> Path:
@@ -64,7 +65,7 @@ def read_run_config(output_dir: str | Path) -> dict | None:
 
 
 def _is_run_dir(folder: Path, passes) -> bool:
-    names = {p.name for p in folder.iterdir()}
+    names = {p.name for p in folder.iterdir()} - {LOCK_NAME}
     return RUN_CONFIG in names or (bool(names) and names <= _OUR_FILES | set(passes))
 
 
@@ -94,7 +95,7 @@ def check_output_dir(output_dir: str | Path, config_identity: dict, *, overwrite
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--output_dir {out} is a file; pass a folder path")
-    if not out.is_dir() or not any(out.iterdir()):
+    if not out.is_dir() or not any(p.name != LOCK_NAME for p in out.iterdir()):
         return
     if not _is_run_dir(out, passes):
         raise UserError(f"--output_dir {out} is not empty and holds no hf_introspect run; "
@@ -120,7 +121,9 @@ def prepare_output_dir(output_dir: str | Path, run_config: dict, *, overwrite: b
     check_output_dir(out, run_config["identity"]["config"], overwrite=overwrite, passes=passes)
     old = read_run_config(out) if out.is_dir() else None
     if overwrite and out.is_dir():
-        shutil.rmtree(out)
+        for entry in out.iterdir():  # all but our own lock
+            if entry.name != LOCK_NAME:
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
         old = None
     elif old is not None:
         # Same flags, but the model, adapter, templates or questions may have changed underneath.

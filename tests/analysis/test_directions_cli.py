@@ -129,3 +129,16 @@ def test_transfer_bad_input_one_line_exit_2(tiny_run, capsys, extra, message):
 def test_transfer_one_question_run(one_question_run, capsys):
     assert main(["transfer", str(one_question_run)]) == 2
     assert "at least 10" in capsys.readouterr().err
+
+
+def test_exported_folder_gives_the_same_numbers(tiny_run, tmp_path, capsys):
+    assert main(["export", str(tiny_run), "--to", str(tmp_path / "hub")]) == 0
+    capsys.readouterr()
+    args = ["--layers", "1-2"] + FAST
+    runs = [run_json(capsys, ["directions", str(src), "--out", str(tmp_path / f"d{i}")] + args)
+            for i, src in enumerate((tiny_run, tmp_path / "hub"))]
+    assert runs[1]["self_vs_other"][1]["cos_probe"] == pytest.approx(runs[0]["self_vs_other"][1]["cos_probe"], abs=1e-9)
+    moved = [run_json(capsys, ["transfer", str(src), "--layers", "2", "--splits", "2"]) for src in (tiny_run, tmp_path / "hub")]
+    for test in ("self_conf", "other_conf"):
+        got, want = (m["layers"][0]["transfer"][test] for m in moved[::-1])
+        assert got == pytest.approx(want, abs=1e-9)

@@ -13,6 +13,7 @@ from hf_introspect.collection.run import collect
 from hf_introspect.config import CollectConfig
 from hf_introspect.errors import UserError
 from hf_introspect.runs.npy_export import export_npy
+from hf_introspect.runs.publish import public_run_config
 from hf_introspect.schema import question_features
 
 SPLITS = ("mcq", "self_conf", "other_conf")
@@ -43,7 +44,8 @@ def exported(run, tmp_path_factory):
 def test_files_and_shapes(run, exported):
     to, report = exported
     assert sorted(p.name for p in to.iterdir()) == ["mcq", "other_conf", "run_config.json", "self_conf"]
-    assert json.loads((to / "run_config.json").read_text()) == json.loads((run / "run_config.json").read_text())
+    # the shared copy: the run's settings with local paths reduced to names (runs.publish)
+    assert json.loads((to / "run_config.json").read_text()) == public_run_config(json.loads((run / "run_config.json").read_text()))
     for split in SPLITS:
         names = sorted(p.name for p in (to / split).iterdir())
         assert names == ["activations_layer_00.npy", "activations_layer_01.npy", "activations_layer_02.npy", "metadata.json"]

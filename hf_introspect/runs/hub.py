@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import UserError
+from .publish import public_run_config
 from .read import RunFiles, SplitFiles, iter_record_batches, open_run
 
 logger = logging.getLogger("hf_introspect")
@@ -564,8 +565,9 @@ def export_hub_layout(run_dir: str | Path, folder: str | Path, *, config_name: s
         (out / stale).unlink()
     readme = out / "README.md"
     old = readme.read_text(encoding="utf-8") if readme.is_file() else None
-    readme.write_text(merge_card(old, run.run_config, name, splits, union_features(run), repo_id), encoding="utf-8")
-    (out / name / "run_config.json").write_text(json.dumps(run.run_config, indent=2, default=str), encoding="utf-8")
+    public = public_run_config(run.run_config)  # no local path leaves the run folder
+    readme.write_text(merge_card(old, public, name, splits, union_features(run), repo_id), encoding="utf-8")
+    (out / name / "run_config.json").write_text(json.dumps(public, indent=2, default=str), encoding="utf-8")
     return ExportReport(name, splits, elapsed, str(out))
 
 
@@ -632,12 +634,13 @@ def push_run(run_dir: str | Path, repo_id: str, *, config_name: str | None = Non
             splits = write_run_parquet(run, name, Path(tmp), workers=workers, on_shard=upload,
                                        max_shard_size=max_shard_size, row_group_size=row_group_size,
                                        compression=compression)
-            card = merge_card(old_card, run.run_config, name, splits, union_features(run), repo_id)
+            public = public_run_config(run.run_config)  # no local path leaves the machine
+            card = merge_card(old_card, public, name, splits, union_features(run), repo_id)
             new_paths = {p for s in splits.values() for p in s.paths}
             ops = [op for s in splits.values() for op in s.uploads]
             ops.append(CommitOperationAdd("README.md", card.encode("utf-8")))
             ops.append(CommitOperationAdd(f"{name}/run_config.json",
-                                          json.dumps(run.run_config, indent=2, default=str).encode("utf-8")))
+                                          json.dumps(public, indent=2, default=str).encode("utf-8")))
             ops += [CommitOperationDelete(p) for p in _stale_files(existing, name, new_paths)]
             info = api.create_commit(repo_id, operations=ops, repo_type="dataset", revision=revision,
                                      commit_message=commit_message or f"Add config {name} (hf_introspect run "

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from .publish import public_run_config
 from .read import RUN_CONFIG, SplitFiles, list_parts, iter_record_batches, open_run
 
 logger = logging.getLogger("hf_introspect")
@@ -112,7 +113,8 @@ def export_npy(run_dir: str | Path, to: str | Path, *, passes: list[str] | None 
     if unknown:
         raise UserError(f"pass {unknown[0]!r} is not in {run.path}; it holds {list(run.splits)}")
     out.mkdir(parents=True, exist_ok=True)
-    (out / RUN_CONFIG).write_text(json.dumps(run.run_config, indent=2, default=str), encoding="utf-8")
+    # the folder is made to be shared: folder names instead of local paths (runs.publish)
+    (out / RUN_CONFIG).write_text(json.dumps(public_run_config(run.run_config), indent=2, default=str), encoding="utf-8")
     report = {}
     for name in chosen:
         split = run.splits[name]

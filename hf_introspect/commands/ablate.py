@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 
 from .analysis_common import add_run_arguments, emit, jsonable, open_from_args
-from .causal_common import add_causal_arguments, check_counts, load_model_for, mcq_entropy, model_layers, run_shape, with_mcq
+from .causal_common import (add_causal_arguments, check_counts, load_model_for, mcq_entropy, model_layers, progress_rows,
+                            run_shape, with_mcq)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +32,7 @@ def run(args) -> int:
     entropy = mcq_entropy(data, mcq_rows)
     lm = load_model_for(args, data)
     result = ablate(lm, inputs, dirs, entropy, controls=args.controls, seed=args.seed, batch_size=args.batch_size,
-                    reuse_prefix=not args.no_prefix_reuse)
+                    reuse_prefix=not args.no_prefix_reuse, progress=progress_rows(args))
     return emit(args, jsonable(result.to_json()), summary(result))
 
 

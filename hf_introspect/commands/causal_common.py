@@ -112,11 +112,13 @@ def load_model_for(args, data):
                           device=device, device_map=args.device_map)
 
 
-def progress_bar(total: int, what: str):
-    """A tqdm over readout rows on stderr (None when tqdm is missing)."""
+def progress_rows(args):
+    """A callback counting readout rows on stderr (tqdm), or None with --json or without tqdm."""
+    if getattr(args, "json", False):
+        return None
     try:
         from tqdm.auto import tqdm
     except ImportError:
-        return None, None
-    bar = tqdm(total=total, unit="row", desc=what, leave=False)
-    return bar, bar.update
+        return None
+    bar = tqdm(unit=" readouts", desc="readouts", leave=False)
+    return bar.update

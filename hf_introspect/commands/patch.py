@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 
 from .analysis_common import emit, jsonable, open_from_args, plots_dir
-from .causal_common import add_causal_arguments, check_counts, load_model_for, mcq_entropy, run_shape, with_mcq
+from .causal_common import (add_causal_arguments, check_counts, load_model_for, mcq_entropy, progress_rows, run_shape,
+                            with_mcq)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +51,7 @@ def run(args) -> int:
     entropy = mcq_entropy(data, mcq_rows)
     lm = load_model_for(args, data)
     result = patch(lm, inputs, donors, entropy, controls=args.controls, seed=args.seed, source_pass=args.source_pass,
-                   batch_size=args.batch_size, reuse_prefix=not args.no_prefix_reuse)
+                   batch_size=args.batch_size, reuse_prefix=not args.no_prefix_reuse, progress=progress_rows(args))
     folder = plots_dir(args)
     if folder is not None:
         plot_patching(result, folder / f"patch_{args.source_pass}_to_{args.target_pass}.png")

@@ -7,7 +7,7 @@ import argparse
 import re
 
 from .analysis_common import add_run_arguments, emit, jsonable, open_from_args, plots_dir
-from .causal_common import (add_causal_arguments, check_counts, load_model_for, model_layers, parse_numbers,
+from .causal_common import (add_causal_arguments, check_counts, load_model_for, model_layers, parse_numbers, progress_rows,
                             run_shape)
 
 
@@ -42,7 +42,7 @@ def run(args) -> int:
     inputs = pass_inputs(data, args.pass_name, np.arange(min(args.num_questions, data.n_questions(args.pass_name))))
     lm = load_model_for(args, data)
     result = steer(lm, inputs, dirs, strengths, units=units, controls=args.controls, seed=args.seed,
-                   batch_size=args.batch_size, reuse_prefix=not args.no_prefix_reuse)
+                   batch_size=args.batch_size, reuse_prefix=not args.no_prefix_reuse, progress=progress_rows(args))
     folder = plots_dir(args)
     if folder is not None:
         plot_steering(result, folder / f"steer_{args.pass_name}.png")

@@ -71,7 +71,7 @@ class PromptBatch:
         ids, mask, pos = left_pad([self.seqs[i] for i in q], self.pad_id, self.device)
         with intervene(self.net, edits):
             res = self.net(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=1)
-        return restricted_logits(res.logits[:, -1, :], label_index).cpu().numpy()
+        return _restricted(res.logits[:, -1, :], label_index)
 
     def _packed(self, chunks: dict[int, np.ndarray], edits: RowEdits, label_index) -> np.ndarray:
         """Per question j of ``chunks``, its rows' edits as R readout tokens on j's cached prompt;
@@ -100,7 +100,14 @@ class PromptBatch:
             res = self.net(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=R,
                            **{cache_kwarg(self.net): cache})
         logits = res.logits.reshape(b * R, -1)[torch.as_tensor(slots, device=res.logits.device)]
-        return restricted_logits(logits, label_index).cpu().numpy()
+        return _restricted(logits, label_index)
+
+
+def _restricted(logits: torch.Tensor, label_index) -> np.ndarray:
+    """(rows, n_labels) float32 on the host; label ids moved to the logits' device (with
+    device_map="auto" the head may sit on another GPU than the embeddings)."""
+    index = {k: v.to(logits.device) for k, v in label_index.items()}
+    return restricted_logits(logits, index).cpu().numpy()
 
 
 class _PrefixCache:

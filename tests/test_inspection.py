@@ -253,12 +253,3 @@ def test_exported_folder_with_config(runs, tmp_path, capsys):
     assert r["mcq"]["n"] == N and r["layer_similarity"]["mcq"]["layers"] == [0, 1, 2]
     a = meta(runs / "base") if r["runs"][0]["checkpoint_id"] == "base" else meta(runs / "ft")
     assert r["mcq"]["a"]["correct"] == int(a["is_correct"].sum())
-
-
-def test_inspection_docstring_examples():
-    import doctest
-
-    from hf_introspect.analysis.inspect import summary as inspection, plots
-
-    for module in (inspection, plots):
-        assert doctest.testmod(module).failed == 0

@@ -98,6 +98,17 @@ def test_views_keep_their_row_order(runs):
     assert same_bits(layer_matrix(plain, 2), full)
 
 
+def test_rows_reads_a_subset_in_the_views_order(runs):
+    ds = load_run(runs["all"], split="mcq")
+    order = [7, 0, 10, 3, 3, 5]
+    for position in ("last", "answer", 2, np.arange(len(ds)) % 3):
+        full = layer_matrix(ds, 2, position)
+        assert same_bits(layer_matrix(ds, 2, position, rows=order), full[order]), position
+    shuffled = ds.shuffle(seed=3)
+    assert same_bits(layer_matrix(shuffled, 1, rows=[4, 1]), layer_matrix(shuffled, 1)[[4, 1]])
+    assert layer_matrix(ds, 1, rows=[]).shape == (0, 64)
+
+
 def test_question_positions_run(runs):
     ds = load_run(runs["question"], split="mcq")
     spans = ds["question_token_span"]

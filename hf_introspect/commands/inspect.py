@@ -41,18 +41,21 @@ def run(args: argparse.Namespace) -> int:
         require_analysis("matplotlib")
     from datasets.utils import logging as ds_logging
 
-    from ..analysis.inspect import summary as inspection
+    from ..analysis.inspect.compare import build_comparison
+    from ..analysis.inspect.render import render_comparison, render_report, to_json
+    from ..analysis.inspect.run_view import open_run
+    from ..analysis.inspect.summary import build_report
 
     bars = ds_logging.is_progress_bar_enabled()
     ds_logging.disable_progress_bar()  # "Generating split" bars of exported folders are noise here
     try:
-        run_a = inspection.open_run(args.data_dir, config=args.config, split=args.split)
+        run_a = open_run(args.data_dir, config=args.config, split=args.split)
         if args.compare_with:
-            run_b = inspection.open_run(args.compare_with, config=args.compare_config or args.config, split=args.split)
-            report = inspection.build_comparison(run_a, run_b, show_examples=args.show_examples)
+            run_b = open_run(args.compare_with, config=args.compare_config or args.config, split=args.split)
+            report = build_comparison(run_a, run_b, show_examples=args.show_examples)
         else:
             run_b = None
-            report = inspection.build_report(run_a, show_examples=args.show_examples)
+            report = build_report(run_a, show_examples=args.show_examples)
     finally:
         if bars:
             ds_logging.enable_progress_bar()
@@ -61,11 +64,11 @@ def run(args: argparse.Namespace) -> int:
 
         report["plots"] = [str(p) for p in write_plots(args.plots, run_a, run_b, report)]
     if args.json:
-        print(inspection.to_json(report))
+        print(to_json(report))
     elif run_b is None:
-        print(inspection.render_report(report), end="")
+        print(render_report(report), end="")
     else:
-        print(inspection.render_comparison(report), end="")
+        print(render_comparison(report), end="")
     return 0
 
 

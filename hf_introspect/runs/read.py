@@ -301,7 +301,7 @@ def _chunk_rows(chunk, rows: np.ndarray, position, hidden: int, readout: np.ndar
     return vals[first[:, None] + np.arange(hidden)]
 
 
-def layer_matrix(ds, layer: int | str, position: str | int = "last") -> np.ndarray:
+def layer_matrix(ds, layer: int | str, position: str | int = "last", rows=None) -> np.ndarray:
     """One layer's activation at one stored position for every row -> ``(len(ds), hidden)`` float16.
 
     Args:
@@ -313,6 +313,8 @@ def layer_matrix(ds, layer: int | str, position: str | int = "last") -> np.ndarr
             ``"answer"`` (the row whose ``activation_positions`` equals ``answer_token_index`` /
             ``confidence_token_index``), an int index into the stored rows (negative allowed), or
             an int array ``(len(ds),)``: each row's own stored-row index, in the view's order.
+        rows: only these rows of ``ds`` (indices in its order), giving ``(len(rows), hidden)``;
+            cheaper than ``ds.select(rows)``, which rebuilds the dataset (~0.2 s for 31 layers).
 
     Reads the column's Arrow buffers directly (offsets + flat float16 values, one vectorised
     gather per chunk), so it costs about as much as slicing a memory-mapped ``.npy``.
@@ -326,6 +328,7 @@ def layer_matrix(ds, layer: int | str, position: str | int = "last") -> np.ndarr
     """
     from datasets import Dataset
 
+    subset, rows = rows, None  # the caller's rows (view positions); `rows` below: their table row ids
     if not isinstance(ds, Dataset):
         raise UserError(f"layer_matrix needs one split (a datasets.Dataset), got {type(ds).__name__}; "
                         "e.g. load_run(path, split='mcq')")
@@ -346,6 +349,11 @@ def layer_matrix(ds, layer: int | str, position: str | int = "last") -> np.ndarr
         rows = ds._indices.column(0).to_numpy().astype(np.int64)
     else:
         rows = np.arange(len(ds), dtype=np.int64)
+    if subset is not None:
+        subset = np.asarray(subset, dtype=np.int64)  # (k,) positions in the view
+        rows = rows[subset]
+        if isinstance(position, np.ndarray):
+            position = position[subset]
     readout = aps_col = None
     if isinstance(position, str) and position == "answer":
         rc = _readout_column(table)

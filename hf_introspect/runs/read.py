@@ -155,12 +155,15 @@ def _pick_config(config: str | None, available: list[str], where: str) -> str:
 
 
 def load_run(path_or_repo: str | Path, config: str | None = None, split: str = "mcq", *,
-             cache_dir: str | None = None, revision: str | None = None):
+             cache_dir: str | None = None, revision: str | None = None, columns: list | None = None):
     """One split of a run as a ``Dataset`` formatted as numpy, float16 kept as float16.
 
     Accepts a local run folder, one split folder of it, a folder written by
     ``hf-introspect export --to``, or a Hub dataset repo id (``USER/NAME``, needs network).
     ``config`` picks the model in an exported folder or Hub repo (optional when there is one).
+    ``columns`` (names, or layer indices like ``15``) keeps only those columns plus the small id and
+    position ones; on an exported folder or a Hub repo only their Parquet column chunks are read
+    (range reads: one layer of 33 costs ~1/33 of the download; see runs/column_read.py).
 
     Note:
         ``with_format("numpy")`` alone would upcast every float16 activation to float32 (2x the
@@ -185,6 +188,10 @@ def load_run(path_or_repo: str | Path, config: str | None = None, split: str = "
             ds = load_from_disk(str(target))  # a split folder: `split` is implied by the folder
         elif (target / "README.md").is_file():
             name = _pick_config(config, _hub_configs(target), str(target))
+            if columns is not None:
+                from .column_read import read_columns
+
+                return read_columns(str(target), name, split, columns).with_format("numpy", dtype=None)
             ds = load_dataset(str(target), name, split=split, cache_dir=cache_dir)
         else:
             raise UserError(f"{target} is neither a run folder, a split folder nor an exported folder (no "
@@ -195,6 +202,10 @@ def load_run(path_or_repo: str | Path, config: str | None = None, split: str = "
         if offline():
             raise UserError(f"{path_or_repo}: no such local folder, and the Hub is off (HF_HUB_OFFLINE); "
                             "download it while online or pass a local folder")
+        if columns is not None:  # range reads of those columns' chunks, nothing cached
+            from .column_read import read_columns
+
+            return read_columns(str(path_or_repo), config, split, columns, revision=revision).with_format("numpy", dtype=None)
         try:
             ds = load_dataset(str(path_or_repo), config, split=split, cache_dir=cache_dir, revision=revision)
         except (ConnectionError, OSError) as exc:
@@ -206,6 +217,15 @@ def load_run(path_or_repo: str | Path, config: str | None = None, split: str = "
             raise
     else:
         raise UserError(f"{path_or_repo}: no such folder (and not a Hub repo id like USER/NAME)")
+    if columns is not None:  # a local Arrow run is memory-mapped: selecting costs nothing
+        from ..schema import layer_column
+        from .column_read import ALWAYS
+
+        wanted = [layer_column(c) if isinstance(c, int) else c for c in columns]
+        unknown = [c for c in wanted if c not in ds.column_names]
+        if unknown:
+            raise UserError(f"column {unknown[0]!r} is not in {path_or_repo} ({split})")
+        ds = ds.select_columns([c for c in ds.column_names if c in wanted or c in ALWAYS])
     return ds.with_format("numpy", dtype=None)
 
 

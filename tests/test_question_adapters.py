@@ -16,11 +16,6 @@ import pytest
 from hf_introspect.errors import UserError
 from hf_introspect.questions.adapters import (
     ADAPTERS,
-    SKIP_FEWER,
-    SKIP_FEWER_DISTINCT,
-    SKIP_NO_ANSWER,
-    RowProblem,
-    SourceQuestion,
     adapt_gpqa,
     adapt_labelled_choices,
     adapt_mmlu,
@@ -28,12 +23,19 @@ from hf_introspect.questions.adapters import (
     adapt_sciq,
     adapt_triviamc,
     adapt_truthfulqa_mc,
-    build_record,
     detect_adapter,
     find_adapter,
     make_columns_adapter,
-    question_rng,
     resolve_answer,
+)
+from hf_introspect.questions.records import (
+    SKIP_FEWER,
+    SKIP_FEWER_DISTINCT,
+    SKIP_NO_ANSWER,
+    RowProblem,
+    SourceQuestion,
+    build_record,
+    question_rng,
 )
 from hf_introspect.questions.sources import QUESTION_FEATURES, load_questions, load_questions_with_report
 

@@ -98,10 +98,7 @@ def jsonl_rows(text: str, shown: str) -> Rows:
         except json.JSONDecodeError as exc:
             raise UserError(f"{shown}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno}); "
                             "each line must be one JSON object") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{shown}:{lineno}: expected a JSON object, got {type(row).__name__}; "
-                            "each line must be one JSON object")
-        rows.append((f"{shown}:{lineno}", row))
+        rows.append(_object_row(f"{shown}:{lineno}", row, "each line must be one JSON object"))
     return rows
 
 
@@ -122,13 +119,15 @@ def json_rows(text: str, shown: str) -> Rows:
         data = [data]
     if not isinstance(data, list):
         raise UserError(f"{shown}: expected a JSON list of question objects, got {type(data).__name__}")
-    rows = []
-    for i, row in enumerate(data):
-        if not isinstance(row, dict):
-            raise UserError(f"{shown} item {i}: expected a JSON object, got {type(row).__name__}; "
-                            "the file must be a list of question objects")
-        rows.append((f"{shown} item {i}", row))
-    return rows
+    return [_object_row(f"{shown} item {i}", row, "the file must be a list of question objects")
+            for i, row in enumerate(data)]
+
+
+def _object_row(location: str, row, hint: str) -> tuple[str, Mapping]:
+    """``(location, row)``, or a one-line error when the JSON value is not an object."""
+    if not isinstance(row, dict):
+        raise UserError(f"{location}: expected a JSON object, got {type(row).__name__}; {hint}")
+    return location, row
 
 
 def _csv_rows(text: str, shown: str) -> Rows:

@@ -28,6 +28,7 @@ COMMANDS = {
     "surface": "a target from surface features vs activations vs both, per layer",
     "directions": "probe and mean-diff directions per pass and layer (saved); cosines, self vs other, null",
     "transfer": "a probe trained on one pass applied to the others; transfer ratio, self/other cross-prediction",
+    "verify": "check every shard of a run against its recorded size, rows and checksum (exit 1 naming damaged ones)",
     "analyze": "the Day 1-4 analyses (probes, surface, directions, transfer) as one Markdown report",
 }
 

@@ -28,6 +28,7 @@ from .. import __version__
 from ..config import CollectConfig, config_hash, kept_positions, parse_layers
 from ..errors import UserError
 from .run_lock import holding_run_lock
+from .integrity import commit_shard, repair, writing_path
 from .context_check import check_long, find_long, max_positions
 from .inference import BatchOutput, PendingBatch, continue_batches, launch_batch, row_generator
 from ..models.load import LoadedModel, load_model
@@ -432,7 +433,8 @@ def _write_shard(prefetch: ShardPrefetcher, result, ctx: PassContext, features: 
         path.parent.mkdir(parents=True, exist_ok=True)
         prompts.select(range(job.lo, job.hi)).with_format("arrow").map(
             lambda batch: _shard_table(ctx, features, batch, data), batched=True, batch_size=job.hi - job.lo,
-            features=features, cache_file_name=str(path), new_fingerprint=fingerprint, load_from_cache_file=False)
+            features=features, cache_file_name=str(writing_path(path)), new_fingerprint=fingerprint, load_from_cache_file=False)
+        commit_shard(writing_path(path), path, rows=job.hi - job.lo)  # fsync, record size/rows/checksum, rename
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise UserError(f"disk full while writing {job.pass_name}/{path.name}; finished shards are kept: "
@@ -818,6 +820,7 @@ def _plan_and_prepare(run: RunSetup, prompts: dict[str, Dataset], contexts: dict
     if state.is_main_process:
         resuming = prepare_output_dir(out, run.run_config, overwrite=cfg.overwrite, passes=cfg.passes)
         removed = clean_partial_files(out, cfg.passes)
+        repair(out)  # damaged shards are named in a warning, removed, and collected again
         if resuming:
             logger.info("resuming run %s in %s%s", run.run_id, out,
                         f" (removed {len(removed)} partial file(s))" if removed else "")

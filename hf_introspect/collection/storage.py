@@ -52,6 +52,11 @@ def write_json_atomic(path: Path, obj) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)  # the rename itself reaches the disk (state.json, dataset_dict.json)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_run_config(output_dir: str | Path) -> dict | None:

@@ -22,6 +22,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ..collection.integrity import shard_problem
 from ..errors import UserError
 
 RUN_CONFIG = "run_config.json"
@@ -77,7 +78,12 @@ def _split_files(folder: Path) -> SplitFiles:
     files = [folder / n for n in names]
     missing = [f.name for f in files if not f.is_file()]
     if missing:
-        raise UserError(f"{folder} lacks shard(s) {missing[:3]} listed in state.json; the run folder is damaged")
+        raise UserError(f"{folder} lacks shard(s) {missing[:3]} listed in state.json; rerun the same collect command "
+                        f"to collect them again (hf-introspect verify {folder.parent} lists every damaged shard)")
+    damaged = [f"{f.name} ({problem})" for f in files if (problem := shard_problem(f, full=False))]
+    if damaged:
+        raise UserError(f"{folder}: damaged shard(s) {', '.join(damaged[:3])}; rerun the same collect command to "
+                        f"collect them again (hf-introspect verify {folder.parent} lists every damaged shard)")
     features = Features.from_dict(_read_json(info)["features"])
     rows = sum(_arrow_rows(f) for f in files)
     return SplitFiles(folder.name, folder, files, features, rows, sum(f.stat().st_size for f in files))

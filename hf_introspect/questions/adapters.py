@@ -317,6 +317,10 @@ class Adapter:
     ``correct_first``: the source always lists the correct option first, so options are shuffled
     unless the user says otherwise. ``signature``: keys that identify the schema in a local file.
     ``default_config``/``default_split``: used for ``hub:REPO`` when the user gives none.
+
+    >>> a = ADAPTERS["cais/mmlu"]
+    >>> a.name, a.correct_first, a.default_config, a.default_split
+    ('cais/mmlu', False, 'all', 'test')
     """
 
     name: str

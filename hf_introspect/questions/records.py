@@ -41,7 +41,13 @@ NUM_OPTIONS = len(LETTERS)
 
 
 class RowProblem(UserError):
-    """A source row that can't be converted; the caller prefixes the file/row location."""
+    """A source row that can't be converted; the caller prefixes the file/row location.
+
+    >>> raise RowProblem("'choices' must be a list")
+    Traceback (most recent call last):
+    ...
+    hf_introspect.questions.records.RowProblem: 'choices' must be a list
+    """
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,9 @@ class SourceQuestion:
     ``option_source_index`` refers to); ``correct_index`` points into it, or is ``None`` when the
     row has no answer (e.g. an unlabelled test split), which makes the question skipped.
     ``question_id`` is ``None`` when the source has no id column (the caller numbers the rows).
+
+    >>> SourceQuestion(None, "2+2?", ("4", "3", "5", "22"), correct_index=0).options[0]
+    '4'
     """
 
     question_id: str | None
@@ -62,7 +71,12 @@ class SourceQuestion:
 
 @dataclass(frozen=True)
 class Skipped:
-    """A question that can't be used, with a short reason (used as a counting key)."""
+    """A question that can't be used, with a short reason (used as a counting key).
+
+    >>> build_record(SourceQuestion("q1", "2+2?", ("4", "3", "3", "5"), 0), question_id="q1", seed=0,
+    ...              shuffle=False, source="x")
+    Skipped(question_id='q1', reason='fewer than 4 options left after dropping duplicates/blanks')
+    """
 
     question_id: str
     reason: str
@@ -91,12 +105,20 @@ def question_rng(seed: int, question_id: str) -> random.Random:
 
 
 def option_key(text: str) -> str:
-    """The comparison key for duplicate detection: whitespace-stripped, case-folded."""
+    """The comparison key for duplicate detection: whitespace-stripped, case-folded.
+
+    >>> option_key("  New   York ") == option_key("new york")
+    True
+    """
     return " ".join(str(text).split()).casefold()
 
 
 def clean_text(value: Any) -> str:
-    """Source values as display text: ``None`` -> ``""``, numbers -> ``str``, outer whitespace off."""
+    """Source values as display text: ``None`` -> ``""``, numbers -> ``str``, outer whitespace off.
+
+    >>> clean_text(None), clean_text(42), clean_text("  Paris ")
+    ('', '42', 'Paris')
+    """
     if value is None:
         return ""
     return str(value).strip()

@@ -34,7 +34,14 @@ def _paired_rows(a: PassData, b: PassData) -> tuple[np.ndarray, np.ndarray, np.n
 
 def layer_similarity(a: PassData, b: PassData, ra: np.ndarray, rb: np.ndarray, layers: list[int]) -> dict:
     """Mean (and quartiles of) cosine similarity of the two runs' activations at the answer
-    position, per layer, over the paired questions whose answer position both runs stored."""
+    position, per layer, over the paired questions whose answer position both runs stored.
+
+    >>> from hf_introspect.analysis.inspect.run_view import open_run
+    >>> a, b = open_run("base").passes["mcq"], open_run("lora").passes["mcq"]   # doctest: +SKIP
+    >>> rows = np.arange(len(a))                                               # doctest: +SKIP
+    >>> layer_similarity(a, b, rows, rows, [0, 15])["mean"]                    # doctest: +SKIP
+    [1.0, 0.97]
+    """
     ok = a.answer_stored[ra] & b.answer_stored[rb]
     ra, rb = ra[ok], rb[ok]
     out = {"n": int(len(ra)), "layers": list(layers), "mean": [], "median": [], "q25": [], "q75": []}
@@ -61,7 +68,13 @@ def _question_brief(p: PassData, row: int, chars: int = 80) -> str:
 
 def build_comparison(a: Run, b: Run, show_examples: int = 0) -> dict:
     """Two runs joined on question_id: accuracy + McNemar, agreement, flips, shifts, calibration
-    side by side, and the per-layer cosine similarity at the answer position."""
+    side by side, and the per-layer cosine similarity at the answer position.
+
+    >>> from hf_introspect.analysis.inspect.run_view import open_run
+    >>> c = build_comparison(open_run("base"), open_run("lora"), show_examples=2)   # doctest: +SKIP
+    >>> c["mcq"]["flips"]["lost"], c["mcq"]["flips"]["gained"]                     # doctest: +SKIP
+    (6, 6)
+    """
     shared_passes = [name for name in PASSES if name in a.passes and name in b.passes]
     if not shared_passes:
         raise UserError(f"the runs share no pass ({', '.join(a.passes)} vs {', '.join(b.passes)})")

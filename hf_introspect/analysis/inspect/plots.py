@@ -35,7 +35,12 @@ def _pyplot():
 
 
 def reliability(path: Path, curves: list[tuple[str, list[dict], float | None]]) -> Path:
-    """Reliability diagram. ``curves``: (name, 10-bin reliability table, ECE) per run."""
+    """Reliability diagram. ``curves``: (name, 10-bin reliability table, ECE) per run.
+
+    >>> table = build_report(open_run("test_run_base"))["calibration"]["reliability_10_bins"]   # doctest: +SKIP
+    >>> reliability(Path("plots/reliability.png"), [("base", table, 0.15)])                    # doctest: +SKIP
+    PosixPath('plots/reliability.png')
+    """
     plt = _pyplot()
     fig, (ax, axn) = plt.subplots(2, 1, figsize=(6.4, 6.4), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
@@ -68,7 +73,12 @@ def reliability(path: Path, curves: list[tuple[str, list[dict], float | None]]) 
 def confidence_bins(path: Path, series: dict[str, list[tuple[str, dict]]],
                     mean_probs: dict[str, list[tuple[str, dict]]] | None = None) -> Path:
     """Bar charts of the confidence bin chosen, one panel per pass. ``series``: pass -> [(name, counts)];
-    ``mean_probs``: pass -> [(name, mean probability per bin)], drawn as lines on a second axis."""
+    ``mean_probs``: pass -> [(name, mean probability per bin)], drawn as lines on a second axis.
+
+    >>> counts = {"S": 10, "T": 0, "U": 0, "V": 0, "W": 0, "X": 0, "Y": 0, "Z": 0}
+    >>> confidence_bins(Path("plots/bins.png"), {"self_conf": [("argmax", counts)]})   # doctest: +SKIP
+    PosixPath('plots/bins.png')
+    """
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(series), figsize=(5.6 * len(series), 4.4), squeeze=False)
     x = np.arange(len(CONFIDENCE_LABELS))
@@ -100,7 +110,12 @@ def confidence_bins(path: Path, series: dict[str, list[tuple[str, dict]]],
 
 
 def entropy_scatter(path: Path, panels: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, float]]) -> Path:
-    """MCQ entropy vs self-confidence. ``panels``: (name, entropy, self_confidence 0-100, correct, rho)."""
+    """MCQ entropy vs self-confidence. ``panels``: (name, entropy, self_confidence 0-100, correct, rho).
+
+    >>> entropy_scatter(Path("plots/entropy.png"), [("base", np.array([1.2, 1.3]), np.array([25.0, 30.0]),
+    ...                 np.array([True, False]), 0.1)])                                   # doctest: +SKIP
+    PosixPath('plots/entropy.png')
+    """
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(max(6.4, 5.2 * len(panels)), 4.6), squeeze=False, sharey=True)
     for ax, (name, entropy, conf, correct, rho) in zip(axes[0], panels):
@@ -122,7 +137,12 @@ def entropy_scatter(path: Path, panels: list[tuple[str, np.ndarray, np.ndarray, 
 
 
 def layer_similarity(path: Path, similarity: dict[str, dict], names: list[str]) -> Path:
-    """Mean cosine similarity per layer (band: 25th-75th percentile), one line per pass."""
+    """Mean cosine similarity per layer (band: 25th-75th percentile), one line per pass.
+
+    >>> sim = build_comparison(open_run("base"), open_run("lora"))["layer_similarity"]   # doctest: +SKIP
+    >>> layer_similarity(Path("plots/layers.png"), sim, ["base", "lora"])              # doctest: +SKIP
+    PosixPath('plots/layers.png')
+    """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.0, 4.2))
     for name, s in similarity.items():
@@ -150,7 +170,12 @@ def layer_similarity(path: Path, similarity: dict[str, dict], names: list[str]) 
 
 
 def write_plots(outdir: str | Path, run_a, run_b, report: dict) -> list[Path]:
-    """Write every plot that the runs' passes allow; returns the paths written."""
+    """Write every plot that the runs' passes allow; returns the paths written.
+
+    >>> run = open_run("test_run_base")                                         # doctest: +SKIP
+    >>> [p.name for p in write_plots("plots", run, None, build_report(run))]    # doctest: +SKIP
+    ['reliability.png', 'confidence_bins.png', 'entropy_vs_confidence.png']
+    """
     from .summary import join_passes
 
     out = Path(outdir)

@@ -235,7 +235,13 @@ def _render_example(ex: dict, k: int, total: int, prefix: str = "", extra: list[
 
 
 def render_report(r: dict) -> str:
-    """Readable text of :func:`build_report`'s dict."""
+    """Readable text of :func:`build_report`'s dict (the ``inspect`` command's output).
+
+    >>> from hf_introspect.analysis.inspect.run_view import open_run
+    >>> from hf_introspect.analysis.inspect.summary import build_report
+    >>> print(render_report(build_report(open_run("test_run_base"))))   # doctest: +SKIP
+    == run =====...
+    """
     out = [_section("run"), _kv(_header_lines(r["run"]))]
     if "behaviour" in r:
         out += [_section("MCQ behaviour"), _render_behaviour(r["behaviour"])]
@@ -252,7 +258,13 @@ def render_report(r: dict) -> str:
 
 
 def render_comparison(c: dict) -> str:
-    """Readable text of :func:`build_comparison`'s dict."""
+    """Readable text of :func:`build_comparison`'s dict (``inspect --compare_with``).
+
+    >>> from hf_introspect.analysis.inspect.compare import build_comparison
+    >>> from hf_introspect.analysis.inspect.run_view import open_run
+    >>> print(render_comparison(build_comparison(open_run("base"), open_run("lora"))))   # doctest: +SKIP
+    == comparison: A = base, B = lora ===...
+    """
     na, nb = c["names"]
     ha, hb = c["runs"]
     out = [_section(f"comparison: A = {na}, B = {nb}")]

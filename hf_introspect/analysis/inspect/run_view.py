@@ -41,7 +41,13 @@ _HUB_RE = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 @dataclass
 class PassData:
-    """One pass's split: the dataset, its metadata columns as numpy arrays, and where activations are."""
+    """One pass's split: the dataset, its metadata columns as numpy arrays, and where activations are.
+
+    >>> from datasets import Dataset
+    >>> p = pass_data("self_conf", Dataset.from_dict({"question_id": ["q1", "q2"]}))
+    >>> len(p), p.labels[:2], p.row_of("q2")
+    (2, ('S', 'T'), 1)
+    """
 
     name: str
     ds: object  # datasets.Dataset
@@ -69,7 +75,13 @@ class PassData:
 
 @dataclass
 class Run:
-    """A run opened for inspection."""
+    """A run opened for inspection: its passes, the one examples come from, and ``run_config.json``.
+
+    >>> from datasets import Dataset
+    >>> run = Run("demo", {"mcq": pass_data("mcq", Dataset.from_dict({"question_id": ["q1"]}))}, "mcq")
+    >>> run.name, run.incomplete
+    ('demo', [])
+    """
 
     location: str
     passes: dict[str, PassData]

@@ -32,7 +32,11 @@ def _first(p: PassData, col: str):
 
 
 def header(run: Run) -> dict:
-    """Model, adapter, questions, layers/positions stored, dtype, size, overflow counts."""
+    """Model, adapter, questions, layers/positions stored, dtype, size, overflow counts.
+
+    >>> header(open_run("test_run_base"))["layers_stored"][:3]           # doctest: +SKIP
+    [0, 1, 2]
+    """
     cfg = run.config or {}
     ccfg = cfg.get("config", {})
     any_pass = run.passes[run.focus]
@@ -79,7 +83,17 @@ def header(run: Run) -> dict:
 
 def parse_stats(p: PassData) -> dict:
     """How the parsed answer was obtained: from the output text (and whether it disagreed with the
-    argmax of the restricted distribution) or, when the text named no label, from the argmax."""
+    argmax of the restricted distribution) or, when the text named no label, from the argmax.
+
+    >>> from datasets import Dataset
+    >>> from hf_introspect.analysis.inspect.run_view import pass_data
+    >>> p = pass_data("mcq", Dataset.from_dict({"question_id": ["q1", "q2"], "is_correct": [True, False],
+    ...     "probs": [[0.7, 0.1, 0.1, 0.1], [0.4, 0.3, 0.2, 0.1]], "correct_answer_letter": ["A", "B"],
+    ...     "parsed_answer": ["A", "B"], "parse_source": ["output_text", "output_text"], "entropy": [0.9, 1.3],
+    ...     "logit_margin": [1.9, -0.3]}))
+    >>> parse_stats(p)["output_disagrees_with_argmax"]   # q2's text says B, its argmax is A
+    1
+    """
     n = len(p)
     src = p.cols.get("parse_source")
     if src is None or not n:
@@ -94,7 +108,18 @@ def parse_stats(p: PassData) -> dict:
 
 def behaviour(p: PassData) -> dict:
     """MCQ pass: accuracy (Wilson 95%), answer/correct letter distributions, entropy and margin by
-    correctness, parse statistics."""
+    correctness, parse statistics.
+
+    >>> from datasets import Dataset
+    >>> from hf_introspect.analysis.inspect.run_view import pass_data
+    >>> p = pass_data("mcq", Dataset.from_dict({"question_id": ["q1", "q2"], "is_correct": [True, False],
+    ...     "probs": [[0.7, 0.1, 0.1, 0.1], [0.4, 0.3, 0.2, 0.1]], "correct_answer_letter": ["A", "B"],
+    ...     "parsed_answer": ["A", "B"], "parse_source": ["output_text", "output_text"], "entropy": [0.9, 1.3],
+    ...     "logit_margin": [1.9, -0.3]}))
+    >>> b = behaviour(p)
+    >>> b["accuracy"], b["parsed_answers"]["A"], round(b["mean_p_correct"], 2)
+    (0.5, 1, 0.5)
+    """
     c = p.cols
     n = len(p)
     correct = c["is_correct"].astype(bool)
@@ -124,7 +149,12 @@ def behaviour(p: PassData) -> dict:
 
 @dataclass
 class Joined:
-    """MCQ outcome and both confidences for the questions present in every pass needed."""
+    """MCQ outcome and both confidences for the questions present in every pass needed.
+
+    >>> j = Joined(np.array(["q1", "q2"]), np.array([True, False]), None, np.array([90.0, 10.0]), None)
+    >>> round(calibration(j)["brier"], 4)
+    0.01
+    """
 
     question_id: np.ndarray
     correct: np.ndarray | None
@@ -134,7 +164,11 @@ class Joined:
 
 
 def join_passes(run: Run) -> Joined:
-    """Align the passes on question_id (the MCQ pass's order; questions missing from a pass are dropped)."""
+    """Align the passes on question_id (the MCQ pass's order; questions missing from a pass are dropped).
+
+    >>> join_passes(open_run("test_run_base")).self_conf[:2]             # doctest: +SKIP
+    array([25.3, 28.1], dtype=float32)
+    """
     base = run.passes.get("mcq") or run.passes.get("self_conf") or run.passes.get("other_conf")
     qids = base.cols["question_id"]
     keep = np.ones(len(qids), dtype=bool)
@@ -160,7 +194,14 @@ def join_passes(run: Run) -> Joined:
 
 def calibration(j: Joined) -> dict:
     """Self-confidence vs MCQ correctness: ECE (8 native bins, 10 equal bins), Brier, AUROCs, and
-    Spearman correlations with the MCQ entropy (the introspection signal)."""
+    Spearman correlations with the MCQ entropy (the introspection signal).
+
+    >>> j = Joined(np.array(["q1", "q2", "q3", "q4"]), np.array([True, False, True, False]), None,
+    ...            np.array([90.0, 20.0, 70.0, 40.0]), None)
+    >>> c = calibration(j)
+    >>> c["auroc_self_confidence"], round(c["mean_confidence_minus_accuracy"], 3)
+    (1.0, 0.05)
+    """
     out: dict = {"n": int(len(j.question_id))}
     if j.correct is not None and j.self_conf is not None and len(j.question_id):
         conf = j.self_conf.astype(np.float64) / 100.0
@@ -193,7 +234,11 @@ def calibration(j: Joined) -> dict:
 
 
 def confidence(run: Run) -> dict:
-    """Per confidence pass: distribution of the 0-100 score, argmax and parsed bin histograms."""
+    """Per confidence pass: distribution of the 0-100 score, argmax and parsed bin histograms.
+
+    >>> confidence(open_run("test_run_base"))["self_conf"]["argmax_bins"]["S"]   # doctest: +SKIP
+    10
+    """
     out = {}
     for name, col in SCORE_COLUMN.items():
         p = run.passes.get(name)
@@ -211,7 +256,11 @@ def confidence(run: Run) -> dict:
 
 
 def example(run: Run, row: int, prompt_chars: int = 300) -> dict:
-    """Everything about one question of the focus pass, with the other passes' readouts joined."""
+    """Everything about one question of the focus pass, with the other passes' readouts joined.
+
+    >>> example(open_run("test_run_base/mcq"), 0)["readouts"]["mcq"]["parsed_answer"]   # doctest: +SKIP
+    'A'
+    """
     p = run.passes[run.focus]
     r = p.ds.select_columns([c for c in _EXAMPLE if c in p.ds.column_names])[int(row)]
     qid = r["question_id"]
@@ -254,7 +303,12 @@ def _positions_text(positions, seq_len) -> str:
 
 
 def build_report(run: Run, show_examples: int = 0, activation_stats: bool = True) -> dict:
-    """The one-run report as a JSON-able dict (NaN where a value is undefined)."""
+    """The one-run report as a JSON-able dict (NaN where a value is undefined).
+
+    >>> report = build_report(open_run("test_run_base"), show_examples=1)   # doctest: +SKIP
+    >>> sorted(report)                                                       # doctest: +SKIP
+    ['activations', 'behaviour', 'calibration', 'confidence', 'examples', 'kind', 'run']
+    """
     report: dict = {"kind": "run", "run": header(run)}
     if "mcq" in run.passes:
         report["behaviour"] = behaviour(run.passes["mcq"])
@@ -269,7 +323,11 @@ def build_report(run: Run, show_examples: int = 0, activation_stats: bool = True
 
 
 def layer_norms(p: PassData, max_rows: int = 2000) -> dict:
-    """Mean L2 norm at the answer position per layer (at most ``max_rows`` rows) and non-finite counts."""
+    """Mean L2 norm at the answer position per layer (at most ``max_rows`` rows) and non-finite counts.
+
+    >>> layer_norms(open_run("test_run_base").passes["mcq"])["nonfinite"][:3]   # doctest: +SKIP
+    [0, 0, 0]
+    """
     rows = np.flatnonzero(p.answer_stored)[:max_rows]
     if not len(rows) or not p.layers:
         return {"rows": 0, "layers": [], "mean_norm": [], "nonfinite": []}

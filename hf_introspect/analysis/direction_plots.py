@@ -122,11 +122,13 @@ def plot_self_vs_other(sweep, path, other=None) -> Path:
             if sw is sweep:
                 null = _col(rows, f"null_p95_{kind}")
                 ax.fill_between(x, -null, null, color=f"C{i}", alpha=0.12, lw=0)
+                ax.plot(x, _col(rows, f"null_p95_paired_{kind}"), ":", color=f"C{i}", lw=1,
+                        label=f"{kind} paired null p95")
             ax2.plot(x, _col(rows, f"residual_{kind}"), KIND_STYLE[kind], ms=3, color=f"C{i}", alpha=alpha,
                      label=f"{kind}{tag}")
     ax.axhline(0, color="0.4", lw=0.7)
     ax.set_ylim(-1.05, 1.05)
-    ax.set_title("self vs other confidence directions: cosine (band: null |cos| p95)", fontsize=9)
+    ax.set_title("self vs other directions: cosine (band: independent null p95; dotted: paired)", fontsize=9)
     ax.set_ylabel("cosine")
     ax2.axhline(RESIDUAL_FLAG, color="C3", lw=0.8, ls=":", label=f"flag < {RESIDUAL_FLAG}")
     ax2.set_ylim(0, 1.05)

@@ -8,9 +8,11 @@ Per pass and layer (one layer of every pass in memory at a time):
 - their held-out score: the r^2 between the target and the projection on a direction fitted on
   the training questions, on the test questions, averaged over ``n_splits`` random splits (the
   same splits for every layer and pass), and the cosine between the two directions;
-- for every pair of passes, the cosine of their directions at each layer, and a null for it: the
-  cosines between directions fitted on independently permuted targets (``permutations`` of them),
-  its 95th percentile of |cos| and a two-sided p-value;
+- for every pair of passes, the cosine of their directions at each layer, and two nulls for it:
+  the cosines between directions fitted on targets permuted independently per pass
+  (``permutations`` of them), and ("paired") on targets permuted by the same reordering of the
+  questions in every pass, which keeps the targets' correlation across passes and only breaks
+  their link to the activations; each null's 95th percentile of |cos| and a two-sided p-value;
 - self vs other (when both self_conf and other_conf are analysed): the cosine, the Gram-Schmidt
   unique parts (self minus its projection on other, and the reverse; saved as directions
   ``self_unique`` / ``other_unique``) and their residual norm sqrt(1 - cos^2), flagged below 0.1.
@@ -199,7 +201,12 @@ def direction_sweep(data, passes, targets: dict, *, position="answer", layers=No
     splits = make_splits(n, n_splits=n_splits, test_size=test_size, seed=seed) if n_splits else []
     rng = np.random.default_rng(seed)
     # (n, 1 + P) per pass: the target, then its permutations (independent across passes)
-    Ys = {p: np.column_stack([ys[p]] + [rng.permutation(ys[p]) for _ in range(permutations)]) for p in passes}
+    # (n, 1 + 2P) per pass: the target; P permutations drawn independently per pass; P permutations
+    # of the questions shared by every pass (the "paired" null keeps the targets' correlation across
+    # passes, e.g. 0.9 between self and other confidence, and only breaks their link to the activations)
+    shared = [rng.permutation(n) for _ in range(permutations)]
+    Ys = {p: np.column_stack([ys[p]] + [rng.permutation(ys[p]) for _ in range(permutations)]
+                             + [ys[p][perm] for perm in shared]) for p in passes}
     num_layers = max(max(data.layers(p)) for p in passes)
     hidden = None
     vectors, scores = {}, {}
@@ -225,8 +232,11 @@ def direction_sweep(data, passes, targets: dict, *, position="answer", layers=No
         for a, b in combinations(passes, 2):
             for k in KINDS:
                 real = D.cosine(fitted[a][k][0], fitted[b][k][0])
-                null = np.einsum("pd,pd->p", fitted[a][k][1:], fitted[b][k][1:])
-                pairs[f"{a}~{b}"][k].append(_null_row(layer, real, null))
+                null = np.einsum("pd,pd->p", fitted[a][k][1:], fitted[b][k][1:])  # (2P,)
+                row = _null_row(layer, real, null[:permutations])
+                paired = _null_row(layer, real, null[permutations:])
+                row.update(null_p95_paired=paired["null_p95"], p_value_paired=paired["p_value"])
+                pairs[f"{a}~{b}"][k].append(row)
         log.info("directions: layer %d done (%d of %d, %.0f s)", layer, layers.index(layer) + 1, len(layers),
                  time.perf_counter() - t0)
     dirs = D.DirectionSet(vectors, scores, {
@@ -263,7 +273,8 @@ def _self_vs_other(sweep: DirectionSweep, num_layers: int, hidden: int) -> list[
                 sweep.dirs.vectors[(name, k)][layer] = u
                 sweep.dirs.scores[(name, k)][layer] = res
             row.update({f"cos_{k}": pair[k][i]["cos"], f"null_p95_{k}": pair[k][i]["null_p95"],
-                        f"p_{k}": pair[k][i]["p_value"], f"residual_{k}": res,
+                        f"p_{k}": pair[k][i]["p_value"], f"null_p95_paired_{k}": pair[k][i]["null_p95_paired"],
+                        f"p_paired_{k}": pair[k][i]["p_value_paired"], f"residual_{k}": res,
                         f"flag_{k}": bool(res < D.RESIDUAL_FLAG)})  # NaN compares False: not flagged
         rows.append(row)
     return rows
@@ -296,11 +307,13 @@ def summary(sweep: DirectionSweep) -> str:
             lines.append(f" {rp['layer']:5d}  {rp['cos']:6.3f} [{rp['null_p95']:.2f}]  "
                          f"{rm['cos']:6.3f} [{rm['null_p95']:.2f}]")
     if sweep.self_vs_other:
-        lines.append("\nself vs other confidence: cosine [|null| p95], residual norm of the unique parts "
-                     f"(* below {D.RESIDUAL_FLAG})\n layer  cos_probe        cos_meandiff     resid_probe  resid_md")
+        lines.append("\nself vs other confidence: cosine [|null| p95: independent / paired permutations], residual "
+                     f"norm of the unique parts (* below {D.RESIDUAL_FLAG})\n"
+                     " layer  cos_probe             cos_meandiff          resid_probe  resid_md")
         for r in sweep.self_vs_other:
-            lines.append(f" {r['layer']:5d}  {r['cos_probe']:6.3f} [{r['null_p95_probe']:.2f}]  "
-                         f"{r['cos_meandiff']:6.3f} [{r['null_p95_meandiff']:.2f}]  "
+            lines.append(f" {r['layer']:5d}  {r['cos_probe']:6.3f} [{r['null_p95_probe']:.2f}/"
+                         f"{r['null_p95_paired_probe']:.2f}]  {r['cos_meandiff']:6.3f} [{r['null_p95_meandiff']:.2f}/"
+                         f"{r['null_p95_paired_meandiff']:.2f}]  "
                          f"{r['residual_probe']:10.3f}{'*' if r['flag_probe'] else ' '}  "
                          f"{r['residual_meandiff']:7.3f}{'*' if r['flag_meandiff'] else ''}")
     return "\n".join(lines)

@@ -142,3 +142,16 @@ def test_exported_folder_gives_the_same_numbers(tiny_run, tmp_path, capsys):
     for test in ("self_conf", "other_conf"):
         got, want = (m["layers"][0]["transfer"][test] for m in moved[::-1])
         assert got == pytest.approx(want, abs=1e-9)
+
+
+def test_paired_null_keeps_the_targets_correlation(planted_run, tmp_path, capsys):
+    # both passes probed for the same joined target at the planted layer, where self_conf's readout
+    # is mcq's plus noise: a paired permutation gives both passes the same shuffled target on
+    # similar activations, so their null directions agree far more than independent ones do (at
+    # layer 1 the two passes' activations are independent and the two nulls alike)
+    res = run_json(capsys, ["directions", str(planted_run), "--target", "mcq.entropy", "--out", str(tmp_path / "d"),
+                            "--layers", "1-2", "--permutations", "30", "--splits", "0"])
+    layer1, layer2 = res["pairs"]["mcq~self_conf"]["probe"]
+    assert {"null_p95", "p_value", "null_p95_paired", "p_value_paired"} <= set(layer2)
+    assert layer2["null_p95"] < 0.5 < 0.8 < layer2["null_p95_paired"]
+    assert layer1["null_p95_paired"] < 0.5

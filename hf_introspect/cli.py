@@ -78,27 +78,54 @@ def run_command(module_name: str, args: argparse.Namespace) -> int:
         return 130
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default, unless the help text already names it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text.lower() or action.default is argparse.SUPPRESS or not action.option_strings:
+            return text
+        default = action.default
+        if isinstance(default, bool) or default is None:
+            default = "off" if default in (False, None) and action.nargs == 0 else default
+        return f"{text} (default: {'none' if default is None else default})"
+
+
 def add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks and the libraries' warnings")
 
 
 def standalone_main(command: str, prog: str, description: str, argv: list[str] | None = None) -> int:
     """Entry point of a seed-style script (``scripts/*.py``) running one subcommand."""
     module = importlib.import_module(f"hf_introspect.commands.{command}")
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
     module.add_arguments(parser)
     add_common(parser)
     return run_command(command, parser.parse_args(argv))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hf-introspect", description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The ``hf-introspect`` parser with every subcommand of :data:`COMMANDS` (imports each module).
+
+    Example:
+        >>> sorted(build_parser()._subparsers._group_actions[0].choices)[:2]
+        ['ablate', 'analyze']
+    """
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="hf-introspect", description=__doc__.splitlines()[0],
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"hf-introspect {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
         importlib.import_module(f"hf_introspect.commands.{name}").add_arguments(p)
         add_common(p)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return run_command(args.command, args)
 
 

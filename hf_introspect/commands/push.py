@@ -14,7 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="config to write (default: the model's name, plus -lora-<checkpoint> for an adapter)")
     p.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its visibility)")
     p.add_argument("--revision", default=None, help="branch to push to (created if missing; default: main)")
-    p.add_argument("--commit_message", default=None)
+    p.add_argument("--commit_message", default=None, help="message of the Hub commit (default: names the config and run id)")
     add_encoding_arguments(p)
 
 

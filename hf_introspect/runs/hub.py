@@ -228,12 +228,13 @@ class SplitExport:
 def write_split_parquet(split: SplitFiles, config_name: str, folder: Path, *, features=None,
                         max_shard_size: int = MAX_SHARD_SIZE, row_group_size: int = ROW_GROUP_SIZE,
                         compression: str = DEFAULT_COMPRESSION,
-                        on_shard: Callable[[str, Path], object] | None = None) -> SplitExport:
+                        on_shard: Callable[[str, Path], object] | None = None, progress=None) -> SplitExport:
     """Encode one split as ``<folder>/<config>/<split>-0000i-of-0000N.parquet``, streaming.
 
     ``features`` (default: the split's own) is the schema written, see :func:`union_features`.
     ``on_shard(path_in_repo, local_file)`` is called after each file is closed (the push uploads
-    and deletes it there, so at most one shard per split sits on local disk).
+    and deletes it there, so at most one shard per split sits on local disk). ``progress``: a
+    byte bar advanced by each row group's share of the split's Arrow bytes.
     """
     import pyarrow.parquet as pq
 
@@ -255,6 +256,8 @@ def write_split_parquet(split: SplitFiles, config_name: str, folder: Path, *, fe
             for table in _row_slices(split, lo, hi, rows_per_group):
                 writer.write_table(_conform(table, schema), row_group_size=rows_per_group)
                 wrote = True
+                if progress is not None:
+                    progress.update(int(round(table.num_rows * bytes_per_row)))
             if not wrote:  # an empty split still gets one (empty) file, as push_to_hub writes
                 writer.write_table(schema.empty_table())
         os.replace(tmp, target)
@@ -265,12 +268,17 @@ def write_split_parquet(split: SplitFiles, config_name: str, folder: Path, *, fe
 
 
 def write_run_parquet(run: RunFiles, config_name: str, folder: Path, *, workers: int | None = None,
-                      **kwargs) -> dict[str, SplitExport]:
-    """Encode every split of a run, splits in parallel threads (pyarrow releases the GIL)."""
+                      desc: str = "export", **kwargs) -> dict[str, SplitExport]:
+    """Encode every split of a run, splits in parallel threads (pyarrow releases the GIL), with one
+    progress bar over the run's Arrow bytes (``desc``: export or push)."""
+    from .progress import byte_bar
+
     workers = workers or min(len(run.splits), os.cpu_count() or 1) or 1
     features = union_features(run)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {name: pool.submit(write_split_parquet, split, config_name, folder, features=features, **kwargs)
+    with byte_bar(sum(s.nbytes for s in run.splits.values()), desc) as bar, \
+            ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {name: pool.submit(write_split_parquet, split, config_name, folder, features=features,
+                                     progress=bar, **kwargs)
                    for name, split in run.splits.items()}
         return {name: f.result() for name, f in futures.items()}
 
@@ -631,7 +639,7 @@ def push_run(run_dir: str | Path, repo_id: str, *, config_name: str | None = Non
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="hf_introspect_push_") as tmp:
         try:
-            splits = write_run_parquet(run, name, Path(tmp), workers=workers, on_shard=upload,
+            splits = write_run_parquet(run, name, Path(tmp), workers=workers, on_shard=upload, desc="push",
                                        max_shard_size=max_shard_size, row_group_size=row_group_size,
                                        compression=compression)
             public = public_run_config(run.run_config)  # no local path leaves the machine

@@ -138,8 +138,12 @@ def merge_runs(run_dirs: list[str | Path], to: str | Path, *, copy_files: bool =
     merged["identity"]["question_ids_hash"] = config_hash({"ids": all_ids})
     merged["run_id"] = config_hash(merged["identity"])
 
+    from .progress import byte_bar
+
     out.mkdir(parents=True, exist_ok=True)
     how = set()
+    # bytes of shards linked or copied (a link is instant; a copy across filesystems is not)
+    bar = byte_bar(sum(s.nbytes for r in runs for s in r.splits.values()), "merge")
     try:
         write_json_atomic(out / RUN_CONFIG, merged)
         for name in runs[0].splits:
@@ -152,6 +156,7 @@ def merge_runs(run_dirs: list[str | Path], to: str | Path, *, copy_files: bool =
                     how.add("copy")
                 else:
                     how.add(_link_or_copy(src, dst))
+                bar.update(src.stat().st_size)
             desc = runs[0].splits[name]
             from datasets import DatasetInfo
 
@@ -161,6 +166,8 @@ def merge_runs(run_dirs: list[str | Path], to: str | Path, *, copy_files: bool =
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)  # never leave a half-merged run behind
         raise
+    finally:
+        bar.close()
     logger.info("merged %d runs (%d questions) into %s (%s)", len(runs), len(all_ids), out,
                 "hard links" if how == {"link"} else ", ".join(sorted(how)))
     return open_run(out)

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from .progress import byte_bar
 from .publish import public_run_config
 from .read import RUN_CONFIG, SplitFiles, list_parts, iter_record_batches, open_run
 
@@ -54,8 +55,9 @@ def _write_metadata(split: SplitFiles, path: Path) -> int:
     return longest
 
 
-def _write_layer(split: SplitFiles, column: str, path: Path, max_positions: int) -> tuple[int, ...]:
-    """One layer as [n_questions, max_positions, hidden] float16, right-padded with zeros."""
+def _write_layer(split: SplitFiles, column: str, path: Path, max_positions: int, advance=None) -> tuple[int, ...]:
+    """One layer as [n_questions, max_positions, hidden] float16, right-padded with zeros.
+    ``advance(rows)`` is called after each record batch (the progress bar)."""
     feature = split.features[column]
     hidden = int(feature.shape[1])
     shape = (split.num_rows, max_positions, hidden)
@@ -86,6 +88,8 @@ def _write_layer(split: SplitFiles, column: str, path: Path, max_positions: int)
             raise RuntimeError(f"{column}: a stored position does not hold {hidden} values")
         flat[dest] = block.reshape(-1, hidden)       # (positions in batch, hidden)
         row0 += n
+        if advance is not None:
+            advance(n)
     arr.flush()
     del flat, arr
     os.replace(tmp, path)
@@ -116,6 +120,8 @@ def export_npy(run_dir: str | Path, to: str | Path, *, passes: list[str] | None 
     # the folder is made to be shared: folder names instead of local paths (runs.publish)
     (out / RUN_CONFIG).write_text(json.dumps(public_run_config(run.run_config), indent=2, default=str), encoding="utf-8")
     report = {}
+    # bytes of the chosen splits' Arrow data; each layer file advances its split's share per batch
+    bar = byte_bar(sum(run.splits[n].nbytes for n in chosen), "npy export")
     for name in chosen:
         split = run.splits[name]
         folder = out / name
@@ -128,8 +134,14 @@ def export_npy(run_dir: str | Path, to: str | Path, *, passes: list[str] | None 
             if missing:
                 raise UserError(f"{missing[0]} is not stored in {run.path}/{name}")
             columns = [c for c in columns if c in wanted]
-        shapes = {c: _write_layer(split, c, folder / f"{c}.npy", longest) for c in columns}
+        per_row = split.nbytes / max(split.num_rows, 1) / max(len(columns), 1)
+
+        def advance(rows: int) -> None:
+            bar.update(int(round(rows * per_row)))
+
+        shapes = {c: _write_layer(split, c, folder / f"{c}.npy", longest, advance) for c in columns}
         report[name] = {"questions": split.num_rows, "max_positions": longest, "layers": shapes}
         logger.info("%s: %d questions, %d layers of [%d, %d, %d] float16", name, split.num_rows, len(columns),
                     split.num_rows, longest, next(iter(shapes.values()))[2] if shapes else 0)
+    bar.close()
     return report

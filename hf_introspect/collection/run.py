@@ -28,6 +28,7 @@ from .. import __version__
 from ..config import CollectConfig, config_hash, kept_positions, parse_layers
 from ..errors import UserError
 from .run_lock import holding_run_lock
+from .multi_process import check_device_map, deal_shards, idle_ranks_hint, process_state
 from .integrity import commit_shard, repair, writing_path
 from .context_check import check_long, find_long, max_positions
 from .inference import BatchOutput, PendingBatch, continue_batches, launch_batch, row_generator
@@ -568,9 +569,7 @@ def _eos_ids(lm: LoadedModel) -> set[int]:
 def _process_state():
     """accelerate's view of this process. Without CUDA, PartialState(cpu=True) is what makes
     `accelerate launch --multi_gpu --num_processes N` see N ranks (plain PartialState says 1 of 1)."""
-    from accelerate import PartialState
-
-    state = PartialState(cpu=not torch.cuda.is_available())
+    state = process_state()  # with a barrier timeout that fits a long run (multi_process.py)
     if not state.is_main_process:
         logger.setLevel(logging.WARNING)  # one copy of the plan and progress, from rank 0
     return state
@@ -643,6 +642,7 @@ def collect(cfg: CollectConfig, *, lm: LoadedModel | None = None, questions: Dat
         Array2D(shape=(None, 576), dtype='float16')
     """
     state = _process_state()
+    check_device_map(cfg.device_map, state.num_processes)
     out = Path(cfg.output_dir)
     # Cheap checks first: a conflicting folder is refused before minutes of model loading.
     check_output_dir(out, cfg.identity(), overwrite=cfg.overwrite, passes=cfg.passes)
@@ -655,6 +655,9 @@ def collect(cfg: CollectConfig, *, lm: LoadedModel | None = None, questions: Dat
     layers = parse_layers(cfg.layers, lm.num_layers + 1)
     label_ids = {p: resolve_label_token_ids(lm.tokenizer, labels_for_pass(p)) for p in cfg.passes}
     n_shards = -(-len(questions) // cfg.shard_rows)
+    hint = idle_ranks_hint(len(questions), cfg.nominal_batch_size, cfg.save_every, state.num_processes)
+    if hint and state.is_main_process:
+        logger.warning(hint)
     shard_plan = {"rows_per_shard": cfg.shard_rows, "num_shards": n_shards}
     device = next(lm.model.parameters()).device
     run = RunSetup(cfg=cfg, state=state, out=out, questions=questions, lm=lm, layers=layers, label_ids=label_ids,
@@ -737,7 +740,7 @@ class RunSetup:
 
     def my_shards(self) -> list[int]:
         """This process's shards: shard i -> rank i % N (so a resume may use another N)."""
-        return [i for i in range(self.n_shards) if i % self.state.num_processes == self.state.process_index]
+        return deal_shards(self.out, self.cfg.passes, self.n_shards, self.state)
 
 
 MASK_BYTES = 8  # a handed prefix's mask (rows, L) is int64: 8 bytes per token slot

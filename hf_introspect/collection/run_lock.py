@@ -51,6 +51,7 @@ class RunLock:
 
     path: Path
     token: str
+    created_folder: bool = False  # the folder did not exist: a run refused early leaves no trace
 
     def release(self) -> None:
         try:
@@ -58,6 +59,11 @@ class RunLock:
                 self.path.unlink()
         except (OSError, ValueError):
             pass  # already gone (or replaced by a process that took it over): nothing of ours to remove
+        if self.created_folder:
+            try:
+                self.path.parent.rmdir()  # only if empty: the run wrote nothing
+            except OSError:
+                pass
 
     def __enter__(self) -> "RunLock":
         return self
@@ -79,6 +85,7 @@ def acquire(folder: str | Path, command: str = "") -> RunLock:
         '.hf_introspect.lock'
     """
     folder = Path(folder)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -99,7 +106,7 @@ def acquire(folder: str | Path, command: str = "") -> RunLock:
             json.dump(me, f)
             f.flush()
             os.fsync(f.fileno())
-        return RunLock(path, me["token"])
+        return RunLock(path, me["token"], created)
     raise UserError(f"could not take the lock {path} (other processes keep taking it); retry")
 
 
@@ -130,10 +137,9 @@ def _take_over(path: Path, holder: dict) -> None:
 def _lock_all_ranks(cfg) -> RunLock | None:
     """Rank 0 takes the lock; every rank learns the outcome, so a refusal stops them all (the other
     ranks of the same run never wait on the lock)."""
-    import torch
-    from accelerate import PartialState
+    from .multi_process import process_state
 
-    state = PartialState(cpu=not torch.cuda.is_available())
+    state = process_state()
     lock, error = None, None
     if state.is_main_process:
         try:

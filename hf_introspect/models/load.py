@@ -189,6 +189,8 @@ def load_model(model: str | None, *, lora_checkpoint: str | None = None, dtype: 
     kwargs = {"gguf_file": src.gguf_file} if src.gguf_file else {}
     if device_map is not None:
         kwargs["device_map"] = device_map
+    elif device is not None and torch.device(device).type != "cpu":
+        kwargs["device_map"] = {"": torch.device(device)}  # straight onto this rank's GPU, no CPU copy first
     # A GGUF checkpoint is converted once and kept as a transformers folder (see gguf_cache).
     gguf_path = Path(src.path_or_id) / src.gguf_file if src.gguf_file else None
     cache = gguf_cache.entry_for(gguf_path, torch_dtype) if gguf_path and device_map is None else None

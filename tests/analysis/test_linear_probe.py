@@ -10,6 +10,16 @@ from hf_introspect.analysis.linear_probe import ALPHA_GRID, fit_probe
 from hf_introspect.errors import UserError
 
 
+@pytest.fixture(autouse=True)
+def one_blas_thread():
+    """scikit-learn's LAPACK on one thread: on a shared 2-core machine two threads made these
+    small references ~10x slower (the engine itself does the same, see ``lapack_threads``)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        yield
+
+
 def correlated(n, d, seed=0):
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, d)) @ (rng.normal(size=(d, d)) / np.sqrt(d)) * rng.uniform(0.5, 3.0, d) + rng.normal(size=d)

@@ -11,6 +11,16 @@ from hf_introspect.analysis.split_fits import auroc, make_splits, score_splits
 from hf_introspect.errors import UserError
 
 
+@pytest.fixture(autouse=True)
+def one_blas_thread():
+    """scikit-learn's LAPACK on one thread: on a shared 2-core machine two threads made these
+    small references ~10x slower (the engine itself does the same, see ``lapack_threads``)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        yield
+
+
 def planted(n=300, d=40, r2=0.6, seed=0):
     """Activations and a target with population R^2 ``r2`` on a direction of them."""
     rng = np.random.default_rng(seed)

@@ -13,7 +13,7 @@ import numpy as np
 from .errors import UserError
 from .passes import PASSES
 
-POSITION_MODES = ("all", "last", "answer", "question", "question+last")
+POSITION_MODES = ("all", "last", "answer", "question", "question+last", "marks")
 
 
 @dataclass
@@ -190,19 +190,24 @@ def parse_positions(spec: str) -> tuple[str, int]:
             raise UserError(f"--positions {spec}: N in last:N must be a positive integer")
         return "last", int(n)
     if spec not in POSITION_MODES:
-        raise UserError(f"--positions {spec} is unknown; choose all, last, last:N, answer, question or question+last")
+        raise UserError(f"--positions {spec} is unknown; choose all, last, last:N, answer, question, question+last or marks")
     return spec, (1 if spec in ("last", "answer") else 0)
 
 
-def kept_positions(spec: str, seq_len: int, question_span: tuple[int, int]) -> np.ndarray:
+def kept_positions(spec: str, seq_len: int, question_span: tuple[int, int], options_end: int | None = None
+                   ) -> np.ndarray:
     """Prompt token indices whose activations are stored, sorted.
 
     The answer (readout) position is the last prompt token: its next-token distribution is the
-    restricted answer distribution.
+    restricted answer distribution. ``marks`` keeps the three tokens the analysis names: the
+    question's last token, option D's last token (``options_end``: the end of its token span) and
+    the readout token.
 
     Example:
         >>> kept_positions("question+last", 10, (3, 6)).tolist()
         [3, 4, 5, 9]
+        >>> kept_positions("marks", 20, (3, 6), options_end=15).tolist()
+        [5, 14, 19]
     """
     mode, n = parse_positions(spec)
     if mode == "all":
@@ -210,10 +215,24 @@ def kept_positions(spec: str, seq_len: int, question_span: tuple[int, int]) -> n
     if mode in ("last", "answer"):
         return np.arange(max(seq_len - n, 0), seq_len, dtype=np.int64)
     qs, qe = question_span
+    if mode == "marks":  # a span not found in the prompt is (-1, -1): that mark is not stored
+        marks = [qe - 1] if 0 <= qs < qe else []
+        marks += [options_end - 1] if options_end is not None and options_end > 0 else []
+        return np.union1d(np.asarray(marks, dtype=np.int64), [seq_len - 1]).astype(np.int64)
     question = np.arange(qs, qe, dtype=np.int64) if qs >= 0 else np.zeros(0, dtype=np.int64)
     if mode == "question":
         return question
     return np.union1d(question, [seq_len - 1]).astype(np.int64)
+
+
+def options_end(option_spans) -> int | None:
+    """End (exclusive) of the last option's token span, from a row's ``option_token_spans``.
+
+    Example:
+        >>> options_end([[10, 12], [12, 14], [14, 16], [16, 19]]), options_end(None)
+        (19, None)
+    """
+    return int(option_spans[-1][1]) if option_spans else None
 
 
 def config_hash(identity: dict) -> str:

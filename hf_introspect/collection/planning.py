@@ -10,7 +10,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import kept_positions
+from ..config import kept_positions, options_end
 from ..errors import UserError
 
 # Per-row metadata beyond the token-proportional columns (texts, prompt, distributions): measured
@@ -96,8 +96,9 @@ def fmt_seconds(s: float) -> str:
 
 
 def plan_pass(name: str, seq_lens: list[int], question_spans: list, positions: str, layers: list[int], hidden: int,
-              act_dtype: str) -> PassPlan:
-    per_row = [len(kept_positions(positions, n, tuple(span))) for n, span in zip(seq_lens, question_spans)]
+              act_dtype: str, option_spans: list | None = None) -> PassPlan:
+    ends = [options_end(o) for o in option_spans] if option_spans is not None else [None] * len(seq_lens)
+    per_row = [len(kept_positions(positions, n, tuple(span), e)) for n, span, e in zip(seq_lens, question_spans, ends)]
     stored = sum(per_row)
     tokens = sum(seq_lens)
     return PassPlan(name=name, rows=len(seq_lens), prompt_tokens=tokens, stored_positions=stored,

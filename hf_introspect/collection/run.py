@@ -25,9 +25,11 @@ from datasets.arrow_writer import OptimizedTypedSequence
 from datasets.utils import logging as ds_logging
 
 from .. import __version__
-from ..config import CollectConfig, config_hash, kept_positions, parse_layers
+from ..config import CollectConfig, config_hash, kept_positions, options_end, parse_layers
 from ..errors import UserError
 from .run_lock import holding_run_lock
+from .multi_process import check_device_map, deal_shards, idle_ranks_hint, process_state
+from .integrity import commit_shard, repair, writing_path
 from .multi_process import check_device_map, deal_shards, idle_ranks_hint, process_state
 from .integrity import commit_shard, repair, writing_path
 from .context_check import check_long, find_long, max_positions
@@ -286,8 +288,9 @@ def _shard_rows(ctx: PassContext, prompts: Dataset, job: ShardJob):
     batch = prompts.with_format("arrow")[job.lo:job.hi]
     seqs = batch.column("input_ids").to_pylist()
     spans = batch.column("question_token_span").to_pylist()
+    opts = batch.column("option_token_spans").to_pylist()
     qids = batch.column("question_id").to_pylist()
-    positions = [kept_positions(ctx.cfg.positions, len(s), tuple(sp)) for s, sp in zip(seqs, spans)]
+    positions = [kept_positions(ctx.cfg.positions, len(s), tuple(sp), options_end(o)) for s, sp, o in zip(seqs, spans, opts)]
     return seqs, qids, positions, _longest_first([len(s) for s in seqs])
 
 
@@ -621,7 +624,8 @@ def _warmup_seconds(ctx: PassContext, prompts: Dataset, total_tokens: int) -> fl
     longest = _longest_first(_column(prompts, "seq_len"))[:ctx.micro_batch]
     rows = prompts.select(longest)
     seqs = rows["input_ids"]
-    positions = [kept_positions(ctx.cfg.positions, len(s), tuple(sp)) for s, sp in zip(seqs, rows["question_token_span"])]
+    positions = [kept_positions(ctx.cfg.positions, len(s), tuple(sp), options_end(o))
+                 for s, sp, o in zip(seqs, rows["question_token_span"], rows["option_token_spans"])]
     t0 = time.perf_counter()
     _run_with_backoff(ctx, list(range(len(seqs))), seqs, positions, rows["question_id"])
     elapsed = time.perf_counter() - t0
@@ -767,13 +771,15 @@ def _handoff_held_bytes(run: RunSetup, src: Dataset, dst: Dataset, lengths: np.n
     cfg = run.cfg
     kv_bytes, hidden_bytes = _handoff_bytes_per_token(run, cfg)
     src_len, dst_len, spans = _column(src, "seq_len"), _column(dst, "seq_len"), _column(dst, "question_token_span")
+    opts = _column(dst, "option_token_spans")
     most = 0
     for i in range(run.n_shards):
         lo, hi = run.shard_rows(i)
         order = [lo + r for r in _longest_first(src_len[lo:hi])]
         width = sum(len(c) * int(lengths[c].max()) for c in
                     (order[k:k + run.micro_batch] for k in range(0, len(order), run.micro_batch)))
-        positions = [kept_positions(cfg.positions, int(dst_len[r]), tuple(spans[r])) for r in range(lo, hi)]
+        positions = [kept_positions(cfg.positions, int(dst_len[r]), tuple(spans[r]), options_end(opts[r]))
+                     for r in range(lo, hi)]
         per_token = kv_bytes + MASK_BYTES + (hidden_bytes if _exports_hidden(positions, lengths[lo:hi], P) else 0)
         most = max(most, width * per_token)
     return most
@@ -784,7 +790,8 @@ def _plan_and_prepare(run: RunSetup, prompts: dict[str, Dataset], contexts: dict
     fits and prepare the output folder (run_config.json, partial files of an interrupted run removed)."""
     cfg, out, state = run.cfg, run.out, run.state
     plan = Plan(passes=[plan_pass(p, _column(prompts[p], "seq_len"), _column(prompts[p], "question_token_span"),
-                                  cfg.positions, run.layers, run.lm.hidden_size, cfg.act_dtype) for p in cfg.passes],
+                                  cfg.positions, run.layers, run.lm.hidden_size, cfg.act_dtype,
+                                  _column(prompts[p], "option_token_spans")) for p in cfg.passes],
                 layers=run.layers, hidden=run.lm.hidden_size, act_dtype=cfg.act_dtype, free_bytes=free_bytes(out),
                 done_bytes=existing_bytes(out, cfg.passes) if not cfg.overwrite else 0)
     writers, rows = _writer_count(run.device, cfg), min(cfg.shard_rows, len(run.questions))

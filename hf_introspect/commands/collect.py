@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch_size", default="4", help="prompts per forward pass, or auto")
     g.add_argument("--save_every", type=int, default=10, help="batches per shard (the unit of saving and resume)")
     g.add_argument("--layers", default="all", help="all | 0,8,16-20 | ::4 (0 = embeddings)")
-    g.add_argument("--positions", default="all", help="all | last | last:N | answer | question | question+last")
+    g.add_argument("--positions", default="all", help="all | last | last:N | answer | question | question+last | marks (question end, options end, readout)")
     g.add_argument("--act_dtype", default="float16", choices=["float16", "float32"],
                    help="dtype of the stored activations")
     g.add_argument("--overwrite", action="store_true", help="replace an existing run in --output_dir")

@@ -6,7 +6,7 @@ filesystem: the bytes it reads are what a Hub download of the same request would
 ``HfFileSystem`` range reads. Printed per request: bytes read, the requested columns' compressed
 chunk bytes (from the Parquet footers), their share of the files, and the ratio read / requested
 (target <= 1.3). Run: ``.venv/bin/python benchmarks/bench_column_read.py [--questions N --hidden H
---layers L --row_group_size BYTES]``.
+--layers L --row_group_size BYTES]`` or ``--run RUN_FOLDER`` for a real run.
 """
 
 from __future__ import annotations
@@ -56,17 +56,26 @@ def main(argv=None) -> None:
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=8, help="num_layers (residual indices 0..layers)")
     ap.add_argument("--row_group_size", type=int, default=32 * 10**6, help="export's Arrow bytes per row group")
+    ap.add_argument("--run", default=None, help="export this finished run folder instead of a synthetic one")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench_column_read_") as tmp:
-        run = write_planted_run(Path(tmp) / "run", n=args.questions, hidden=args.hidden, num_layers=args.layers)
+        if args.run:
+            run = Path(args.run)
+        else:
+            run = write_planted_run(Path(tmp) / "run", n=args.questions, hidden=args.hidden, num_layers=args.layers)
+        t0 = time.perf_counter()
         export_hub_layout(run, Path(tmp) / "hub", row_group_size=args.row_group_size)
+        export_s = time.perf_counter() - t0
         config = next(p.name for p in (Path(tmp) / "hub").iterdir() if p.is_dir())
-        md = pq.ParquetFile(next((Path(tmp) / "hub" / config).glob("mcq-*.parquet"))).metadata
-        print(f"{args.questions} questions x {args.layers + 1} layers x hidden {args.hidden} (every position), "
-              f"row groups of {args.row_group_size / 1e6:g} MB Arrow: {md.num_row_groups} row group(s) in the first file")
+        files = sorted((Path(tmp) / "hub" / config).glob("mcq-*.parquet"))
+        md = pq.ParquetFile(files[0]).metadata
+        layers = sorted(c for c in pq.ParquetFile(files[0]).schema_arrow.names if c.startswith("activations_layer_"))
+        what = run if args.run else (f"{args.questions} questions x {args.layers + 1} layers x hidden {args.hidden} "
+                                     "(every position)")
+        print(f"{what}: exported in {export_s:.1f} s; {len(files)} mcq file(s), {len(layers)} layers, row groups of "
+              f"{args.row_group_size / 1e6:g} MB Arrow: {md.num_row_groups} row group(s) in the first file")
         print(f"{'request':<44} {'read MB':>8} {'asked MB':>9} {'share':>6} {'read/asked':>10} {'(+ids)':>7} {'s':>6}")
-        for cols in (["activations_layer_02"], ["activations_layer_00", "activations_layer_05"],
-                     [f"activations_layer_{i:02d}" for i in range(args.layers + 1)]):
+        for cols in ([layers[len(layers) // 2]], [layers[0], layers[-1]], layers):
             r = measure(Path(tmp) / "hub", config, "mcq", cols)
             name = cols[0] if len(cols) == 1 else f"{len(cols)} layers"
             print(f"{name:<44} {r['read'] / 1e6:8.2f} {r['requested'] / 1e6:9.2f} {r['requested'] / r['total']:6.1%} "

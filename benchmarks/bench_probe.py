@@ -146,9 +146,10 @@ def main(argv=None) -> int:
         shared = score_splits(X16, y, sub).scores
         nested = [r2_score(y[te], fit_probe(X16[tr], y[tr]).predict(X16[te])) for tr, te in sub]
         nested_gap.append(float(np.mean(shared) - np.mean(nested)))
+        same = ep.scores[:len(sub)]
         print(f"  layer {layer:2d}: sklearn R^2 {sk.mean():.4f} ({dt / len(sub):.3f} s/split), ep same splits "
-              f"{ep.scores[:len(sub)].mean():.4f} (diff {ep.scores[:len(sub)].mean() - sk.mean():+.1e}, max per split "
-              f"{np.abs(ep.scores[:len(sub)] - sk).max():.1e}), ep {args.splits} splits {ep.scores.mean():.4f}; {load()}")
+              f"{same.mean():.4f} (diff {same.mean() - sk.mean():+.1e}, max per split {np.abs(same - sk).max():.1e}), "
+              f"ep {args.splits} splits {ep.scores.mean():.4f}; {load()}")
     sk_per = sk_time / (len(sk_layers) * len(sub))
     ep_per = ep_time / (len(sk_layers) * len(splits))
     print(f"sklearn loop: {sk_per:.3f} s per split x layer (measured on {len(sk_layers)} layers x {len(sub)} splits); "
@@ -179,8 +180,8 @@ def main(argv=None) -> int:
         dt = time.perf_counter() - t1
         print(f"ep, {LAYERS} layers x {args.splits} splits: {dt:.1f} s; vs sklearn extrapolated "
               f"{sk_per * LAYERS * args.splits / dt:.1f}x; {load()}")
-    print(f"peak RSS {rss_mb():.0f} MB, {base_rss:.0f} MB after imports (one layer float16 = {N * D * 2 / 1e6:.1f} MB; all layers = "
-          f"{LAYERS * N * D * 2 / 1e6:.0f} MB)")
+    print(f"peak RSS {rss_mb():.0f} MB, {base_rss:.0f} MB before the first layer (one layer float16 = "
+          f"{N * D * 2 / 1e6:.1f} MB; all layers = {LAYERS * N * D * 2 / 1e6:.0f} MB)")
     return 0
 
 

@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import UserError
-from .linear_probe import EP_ALPHA, EP_COMPONENTS, METHODS, MIN_QUESTIONS, TASKS, _as_matrix, _validate, fit_probe
+from .linear_probe import EP_ALPHA, EP_COMPONENTS, METHODS, MIN_QUESTIONS, _validate, fit_probe
 
 METRICS = {"regression": "r2", "binary": "auroc", "multiclass": "accuracy"}
 
 
-def make_splits(n: int, n_splits: int = 100, test_size: float = 0.2, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+def make_splits(n: int, n_splits: int = 100, test_size: float = 0.2,
+                seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """``n_splits`` random (train, test) row-index pairs over ``n`` questions, sorted within each.
 
     The test set has ``ceil(test_size * n)`` questions (as scikit-learn's ``ShuffleSplit``); the

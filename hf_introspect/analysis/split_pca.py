@@ -5,11 +5,14 @@ a Gram matrix; what they share is a starting subspace. Per split:
 
 1. ``Z_R = (X_R - mean_R) / scale_R`` (training rows), ``Z_T`` the test rows with the same statistics.
 2. PCA(k): with ``solver="full"`` the exact top-k eigenpairs of the (n_R, n_R) Gram ``Z_R Z_R^T``
-   (float64); with ``solver="ritz"`` the Rayleigh-Ritz pairs of ``Z_R`` in the row subspace spanned
-   by the top ``k + oversample`` principal components of the whole layer (computed once per layer,
-   by subspace iteration) restricted to the split's training rows, refined by ``power_iterations``
-   exact power steps. This is scikit-learn's randomized SVD with a warm start instead of a random
-   one: the projection onto the subspace is exact, the subspace is the approximation.
+   (float64); with ``solver="ritz"`` the Rayleigh-Ritz pairs of ``Z_R`` in the subspace spanned by
+   the layer's top ``k + oversample`` principal components (left singular vectors of all questions,
+   standardised layer-wide, by ``subspace_iterations`` of subspace iteration once per layer)
+   restricted to the split's training rows. The projection onto that subspace is exact; the
+   subspace is the approximation, as in scikit-learn's randomized PCA (which starts from a random
+   block instead). Because ``X_R^T P_R = X^T P - X_T^T P_T``, a split only pays for its test rows.
+   The subspace comes from every question's activations (never a label), so a split's test rows
+   shape which approximation of its training PCA is used; ``solver="full"`` avoids even that.
 3. Ridge(alpha) on the component scores, intercept the training mean; predictions are linear in
    ``Y``, so every column (target and permuted copies) shares steps 1-2.
 """

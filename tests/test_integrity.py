@@ -89,7 +89,8 @@ def test_readers_name_the_damaged_shard_and_the_repair(reference, tmp_path, caps
     with pytest.raises(UserError, match=rf"mcq: damaged shard\(s\) {SHARD} \(\d+ bytes, \d+ recorded\); rerun the "
                                         r"same collect command"):
         load_run(run, split="mcq")
-    for command in (["export", str(run), "--to", str(tmp_path / "exported")],
+    for command in (["inspect", "--data_dir", str(run)], ["inspect", "--data_dir", str(run / "mcq")],
+                    ["export", str(run), "--to", str(tmp_path / "exported")],
                     ["merge", str(run), str(ref), "--to", str(tmp_path / "merged")]):
         assert main(command) == 2
         err = capsys.readouterr().err.strip().splitlines()[-1]

@@ -200,3 +200,23 @@ def repair(run_dir: str | Path) -> list[Damage]:
         (run_dir / DATASET_DICT).unlink(missing_ok=True)
         fsync_path(run_dir)
     return damage
+
+
+def split_damage(split_folder: str | Path) -> str | None:
+    """A one-line refusal naming a finished split's damaged shards and the repair (None: sizes and
+    rows match). Cheap (no checksum): for readers, before they open the split.
+
+    Example:
+        >>> split_damage("/nonexistent/mcq") is None       # not a finished split: nothing to say
+        True
+    """
+    folder = Path(split_folder)
+    try:
+        names = [d["filename"] for d in json.loads((folder / "state.json").read_text(encoding="utf-8"))["_data_files"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    damaged = [f"{n} ({problem})" for n in names if (problem := shard_problem(folder / n, full=False))]
+    if not damaged:
+        return None
+    return (f"{folder}: damaged shard(s) {', '.join(damaged[:3])}{' ...' if len(damaged) > 3 else ''}; rerun the "
+            f"same collect command to collect them again (hf-introspect verify {folder.parent} lists every damaged shard)")

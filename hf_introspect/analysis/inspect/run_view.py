@@ -171,6 +171,10 @@ def pass_data(name: str, ds, disk_bytes: int | None = None) -> PassData:
 def _load_local_split(folder: Path):
     from datasets import load_from_disk
 
+    from ...collection.integrity import split_damage
+
+    if (damaged := split_damage(folder)) is not None:  # name the shard and the repair, not pyarrow's error
+        raise UserError(damaged)
     try:
         return load_from_disk(str(folder))
     except Exception as exc:  # noqa: BLE001 - datasets raises several types for a bad folder

@@ -5,16 +5,20 @@
     output_dir/
       run_config.json             every setting, versions, model identity, templates, label ids
       dataset_dict.json           written last: the run is complete (load_from_disk(output_dir))
+      .hf_introspect.lock         while a collect runs: its pid, host, start time (run_lock.py)
       mcq/                        one split per pass, each a `load_from_disk`-able Dataset
         data-00000-of-00004.arrow one shard = --save_every batches, written atomically by map
+        data-00000-of-00004.integrity.json  its rows, bytes and xxh3-64 checksum (integrity.py)
         ...
         dataset_info.json         written when every shard exists (features, description)
         state.json                "
       self_conf/ ...
       other_conf/ ...
 
-A shard file that exists is complete: ``Dataset.map`` writes to a ``tmp*`` file in the same folder
-and renames it at the end. Stray ``tmp*`` files (a killed process) are removed on the next start.
+A shard file that exists was complete when it was renamed into place (``Dataset.map`` writes a
+``tmp*`` file, fsynced and recorded before the rename: integrity.py); every start checks the
+shards against their records and collects a damaged one again. Stray ``tmp*`` files (a killed
+process) are removed on the next start.
 """
 
 from __future__ import annotations

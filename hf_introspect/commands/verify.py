@@ -37,5 +37,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(damage)} of {len(shards)} shards damaged; rerun the same collect command to collect them again")
         return 1
     what = "sizes and rows" if args.quick else "sizes, rows and checksums"
+    if not (root / "dataset_dict.json").is_file():
+        what += "; an unfinished run: only the shards written so far"
     print(f"ok: {len(shards)} shards, {size / 1e6:.1f} MB ({what}) checked in {elapsed:.1f} s")
     return 0

@@ -70,3 +70,15 @@ def test_continuation_counts_toward_the_context(short_model, tmp_path, capsys):
     qfile = write_questions(tmp_path / "q.jsonl", [0, 1])
     assert main(args(short_model, qfile, tmp_path / "run")[:-2] + ["--max_new_tokens", "400"]) == 2
     assert "lower --max_new_tokens" in capsys.readouterr().err
+
+
+def test_gguf_conversions_keep_the_context_length_where_it_is_read():
+    # transformers converts a .gguf's context_length into the config attribute of its family; the
+    # check must find it for every family (bloom records none: ALiBi has no position table).
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+
+    from hf_introspect.collection.context_check import _CONTEXT_ATTRS
+
+    families = {arch: m["context_length"] for arch, m in GGUF_CONFIG_MAPPING.items() if m.get("context_length")}
+    assert len(families) >= 20 and families["llama"] == "max_position_embeddings"
+    assert {arch: attr for arch, attr in families.items() if attr not in _CONTEXT_ATTRS} == {}

@@ -85,10 +85,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         text = action.help or ""
         if "default" in text.lower() or action.default is argparse.SUPPRESS or not action.option_strings:
             return text
-        default = action.default
-        if isinstance(default, bool) or default is None:
-            default = "off" if default in (False, None) and action.nargs == 0 else default
-        return f"{text} (default: {'none' if default is None else default})"
+        if action.nargs == 0:  # a switch (store_true/store_false/store_const): not given = off
+            return f"{text} (default: off)"
+        return f"{text} (default: {'none' if action.default is None else action.default})"
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:

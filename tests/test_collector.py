@@ -159,7 +159,7 @@ def test_reload_is_bit_exact(base_run):
 
 
 def test_interrupted_run_resumes_to_the_same_data(base_run, tiny_model_dir, tmp_path, monkeypatch):
-    from hf_introspect.collection import run as collector
+    from hf_introspect.collection import pass_context as collector
 
     cfg, reference = base_run
     calls = {"n": 0}
@@ -252,14 +252,14 @@ def test_fp16_overflow_is_counted_and_warned_once(tiny_model_dir, tmp_path, capl
 def test_out_of_memory_halves_the_batch_and_finishes(base_run, tiny_model_dir, tmp_path, monkeypatch, caplog):
     import logging
 
-    from hf_introspect.collection import run as collector
+    from hf_introspect.collection import pass_context as collector
 
     real = collector.launch_batch
 
-    def small_memory(net, sequences, **kw):
+    def small_memory(net, sequences, *a, **kw):
         if len(sequences) > 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(net, sequences, **kw)
+        return real(net, sequences, *a, **kw)
 
     monkeypatch.setattr(collector, "launch_batch", small_memory)
     cfg = run_cfg(tmp_path, tiny_model_dir, passes=("mcq",))
@@ -276,16 +276,16 @@ def test_out_of_memory_halves_the_batch_and_finishes(base_run, tiny_model_dir, t
 def test_continuations_are_decoded_together_with_the_same_result(base_run, tiny_model_dir, tmp_path, monkeypatch):
     """A shard's micro-batches are decoded as one batch (2 x 3 rows here); the texts equal a run
     that decodes every micro-batch on its own."""
-    from hf_introspect.collection import run as collector
+    from hf_introspect.collection import backoff, run as collector
 
     seen = []
-    real = collector.continue_batches
+    real = backoff.continue_batches
 
     def spy(net, states, **kw):
         seen.append([s.rows for s in states])
         return real(net, states, **kw)
 
-    monkeypatch.setattr(collector, "continue_batches", spy)
+    monkeypatch.setattr(backoff, "continue_batches", spy)
     merged = collect(run_cfg(tmp_path, tiny_model_dir, "merged", passes=("mcq",)), questions=make_questions())["mcq"]
     assert seen and all(sum(g) <= 6 for g in seen) and [3, 3] in seen
     assert merged["output_text"] == base_run[1]["mcq"]["output_text"]
@@ -312,7 +312,8 @@ def test_out_of_memory_in_a_merged_decode_reruns_the_rows_with_their_own_texts(t
     import logging
     from types import SimpleNamespace
 
-    from hf_introspect.collection.run import PassContext, _run_with_backoff
+    from hf_introspect.collection.backoff import run_with_backoff
+    from hf_introspect.collection.pass_context import PassContext
 
     from .test_inference import MORE, SEQS, greedy, sharp_model
 
@@ -327,8 +328,8 @@ def test_out_of_memory_in_a_merged_decode_reruns_the_rows_with_their_own_texts(t
     handle = raise_oom_in_decode_steps(net)
     try:
         with caplog.at_level(logging.WARNING, logger="hf_introspect"):
-            results = _run_with_backoff(ctx, list(range(len(seqs))), seqs, [np.arange(len(s)) for s in seqs],
-                                        [f"q{i}" for i in range(len(seqs))])
+            results = run_with_backoff(ctx, list(range(len(seqs))), seqs, [np.arange(len(s)) for s in seqs],
+                                       [f"q{i}" for i in range(len(seqs))])
     finally:
         handle.remove()
     assert [results[r][0].generated_ids[results[r][1]] for r in range(len(seqs))] == expected
@@ -360,9 +361,9 @@ def test_out_of_memory_in_a_merged_decode_keeps_the_run_whole(base_run, tiny_mod
 
 
 def test_single_prompt_too_big_for_memory_is_a_clear_error(tiny_model_dir, tmp_path, monkeypatch):
-    from hf_introspect.collection import run as collector
+    from hf_introspect.collection import pass_context as collector
 
-    def no_memory(net, sequences, **kw):
+    def no_memory(net, sequences, *a, **kw):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
     monkeypatch.setattr(collector, "launch_batch", no_memory)

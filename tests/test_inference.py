@@ -4,8 +4,9 @@ continuations of several batches."""
 import numpy as np
 import torch
 
-from hf_introspect.collection import inference
-from hf_introspect.collection.inference import continue_batches, launch_batch, row_generator, run_batch
+from hf_introspect.collection import decode as inference  # merged decoding and row compaction live in decode.py
+from hf_introspect.collection.decode import continue_batches, row_generator
+from hf_introspect.collection.inference import PassSpec, launch_batch, run_batch
 from hf_introspect.testing import tiny_llama
 
 SEQS = [[5, 9, 14, 3, 22, 7], [8, 4, 31], [12, 40, 41, 6, 2]]  # different lengths: left padding
@@ -27,10 +28,12 @@ def sharp_model():
 
 
 def args(**kw):
+    """launch_batch's arguments: the pass's settings as one PassSpec, the rest per batch."""
     base = dict(pad_id=0, label_ids={"A": [10], "B": [11]}, layers=[0, 1, 2],
                 keep_positions=[np.arange(len(s)) for s in SEQS])
     base.update(kw)
-    return base
+    spec = PassSpec(**{k: base.pop(k) for k in list(base) if k in PassSpec.__dataclass_fields__})
+    return dict(spec=spec, **base)
 
 
 def greedy(net, seq, steps):
@@ -137,7 +140,10 @@ def test_merged_sampling_equals_sampling_per_batch():
 def test_unmergeable_caches_are_decoded_one_batch_at_a_time(monkeypatch):
     net = sharp_model()
     a, b = deferred(net, SEQS, max_new_tokens=3), deferred(net, MORE, max_new_tokens=3)
-    monkeypatch.setattr(inference, "cache_tensors", lambda cache: None)  # e.g. a sliding-window cache
+    from hf_introspect.collection import inference as launching
+
+    for module in (inference, launching):  # merging (decode.py) and deferring (inference.py) both ask
+        monkeypatch.setattr(module, "cache_tensors", lambda cache: None)  # e.g. a sliding-window cache
     ids_a, ids_b = continue_batches(net, [a.decode, b.decode], max_new_tokens=3)
     assert ids_a == [greedy(net, s, 3) for s in SEQS] and ids_b == [greedy(net, s, 3) for s in MORE]
     # such a batch is not deferred at all: holding its cache would gain nothing

@@ -106,14 +106,14 @@ def test_inference_of_the_next_shard_overlaps_the_write(tiny_model_dir, tmp_path
     from hf_introspect.collection.run import collect
 
     computing = {}
-    real_compute, real_write = collector._compute_shard, ArrowWriter.write_table
+    real_compute, real_write = collector.compute_shard, ArrowWriter.write_table
     second_started = threading.Event()
 
-    def compute(ctx, prompts, job, slot, check_stop):
+    def compute(ctx, prompts, job, slot, check_stop, shard):
         computing[(job.pass_name, job.index)] = True
         if job.index == 1:
             second_started.set()
-        return real_compute(ctx, prompts, job, slot, check_stop)
+        return real_compute(ctx, prompts, job, slot, check_stop, shard)
 
     overlapped = []
 
@@ -123,7 +123,7 @@ def test_inference_of_the_next_shard_overlaps_the_write(tiny_model_dir, tmp_path
             overlapped.append(second_started.wait(10))
         return real_write(self, table, *a, **k)
 
-    monkeypatch.setattr(collector, "_compute_shard", compute)
+    monkeypatch.setattr(collector, "compute_shard", compute)
     monkeypatch.setattr(ArrowWriter, "write_table", write)
     cfg = run_cfg(tmp_path, tiny_model_dir, passes=("mcq",), max_new_tokens=0, batch_size=2, save_every=2)
     with caplog.at_level(logging.INFO, logger="hf_introspect"):
@@ -145,11 +145,12 @@ def _assert_same(a, b):
 def test_two_concurrent_writers_write_the_same_dataset(tiny_model_dir, tmp_path, monkeypatch):
     """The GPU all-positions setting (two shard writers at once, three buffer sets) gives the same
     files' content as one writer; shards may finish out of order."""
-    from hf_introspect.collection import run as collector
+    from hf_introspect.collection import estimate, run as collector
     from hf_introspect.collection.run import collect
 
     one = collect(run_cfg(tmp_path, tiny_model_dir, "one", batch_size=2, save_every=1), questions=make_questions(9))
-    monkeypatch.setattr(collector, "_writer_count", lambda device, cfg: 2)
+    for module in (collector, estimate):  # the writers and the plan's memory figure
+        monkeypatch.setattr(module, "writer_count", lambda device, cfg: 2)
     two = collect(run_cfg(tmp_path, tiny_model_dir, "two", batch_size=2, save_every=1), questions=make_questions(9))
     _assert_same(one, two)
 
@@ -159,13 +160,14 @@ def test_two_writers_full_disk_keeps_whole_shards_and_resumes(tiny_model_dir, tm
 
     from datasets.arrow_writer import ArrowWriter
 
-    from hf_introspect.collection import run as collector
+    from hf_introspect.collection import estimate, run as collector
     from hf_introspect.collection.run import collect
     from hf_introspect.errors import UserError
 
     ref = collect(run_cfg(tmp_path, tiny_model_dir, "ref", batch_size=2, save_every=1, passes=("mcq",)),
                   questions=make_questions(12))
-    monkeypatch.setattr(collector, "_writer_count", lambda device, cfg: 2)
+    for module in (collector, estimate):  # the writers and the plan's memory figure
+        monkeypatch.setattr(module, "writer_count", lambda device, cfg: 2)
     real = ArrowWriter.write_table
     calls = {"n": 0}
 

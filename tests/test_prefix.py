@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from hf_introspect.collection.inference import continue_batches, launch_batch, run_batch
+from hf_introspect.collection.decode import continue_batches
+from hf_introspect.collection.inference import PassSpec, launch_batch, run_batch
 from hf_introspect.collection.prefix import common_prefix_len, compute_shared_prefix
 
 from .test_inference import sharp_model
@@ -19,10 +20,12 @@ def model():
 
 
 def args(seqs=SEQS, **kw):
+    """launch_batch's arguments: the pass's settings as one PassSpec, the rest per batch."""
     base = dict(pad_id=0, label_ids={"A": [10], "B": [11, 12]}, layers=LAYERS, act_dtype="float32",
                 keep_positions=[np.arange(len(s)) for s in seqs])
     base.update(kw)
-    return base
+    spec = PassSpec(**{k: base.pop(k) for k in list(base) if k in PassSpec.__dataclass_fields__})
+    return dict(spec=spec, **base)
 
 
 def test_common_prefix_len():
@@ -76,7 +79,7 @@ def test_a_sequence_without_the_prefix_is_refused():
 
 
 def test_collect_shares_the_prefix_with_the_same_values(tiny_model_dir, tmp_path, monkeypatch):
-    from hf_introspect.collection import run as collector
+    from hf_introspect.collection import handoff, pass_context as collector
     from hf_introspect.collection.run import collect
     from hf_introspect.config import CollectConfig
     from hf_introspect.schema import layer_column
@@ -90,6 +93,7 @@ def test_collect_shares_the_prefix_with_the_same_values(tiny_model_dir, tmp_path
         return real(net, ids, layers)
 
     monkeypatch.setattr(collector, "compute_shared_prefix", spy)
+    monkeypatch.setattr(handoff, "compute_shared_prefix", spy)
 
     def run(name, **kw):
         cfg = CollectConfig(output_dir=str(tmp_path / name), model=str(tiny_model_dir), batch_size=3, save_every=2,
@@ -99,9 +103,9 @@ def test_collect_shares_the_prefix_with_the_same_values(tiny_model_dir, tmp_path
     handed = []
     real_launch = collector.launch_batch
 
-    def launch_spy(net, seqs, **kw):
+    def launch_spy(net, seqs, *a, **kw):
         handed.append((kw["row_prefix"] is not None, kw["export"] is not None))
-        return real_launch(net, seqs, **kw)
+        return real_launch(net, seqs, *a, **kw)
 
     monkeypatch.setattr(collector, "launch_batch", launch_spy)
     shared = run("shared")
@@ -158,7 +162,7 @@ def test_plan_states_the_shared_prefix_and_the_flag_turns_it_off(tiny_model_dir,
 
 
 def test_shared_prefix_ids_scan_in_blocks_equals_the_plain_definition(tiny_model_dir, tmp_path, monkeypatch):
-    from hf_introspect.collection import run as collector
+    from hf_introspect.collection import handoff as collector
     from hf_introspect.config import CollectConfig
     from hf_introspect.models.load import load_model
     from hf_introspect.collection.prompt_dataset import build_prompt_dataset
@@ -174,26 +178,27 @@ def test_shared_prefix_ids_scan_in_blocks_equals_the_plain_definition(tiny_model
     assert len(expected) >= 8
     for rows in (3, 4096):  # several blocks, one block
         monkeypatch.setattr(collector, "PREFIX_SCAN_ROWS", rows)
-        assert collector._shared_prefix_ids(cfg, prompts) == expected
+        assert collector.shared_prefix_ids(cfg, prompts) == expected
         # an indices mapping (select) and a slice not starting at row 0 read the right tokens
         for view in (prompts.select(range(len(prompts) - 1, -1, -1)), prompts.select(range(5, len(prompts)))):
             ids = view["input_ids"]
-            assert collector._shared_prefix_ids(cfg, view) == ids[0][:common_prefix_len(ids)]
+            assert collector.shared_prefix_ids(cfg, view) == ids[0][:common_prefix_len(ids)]
     # one prompt that differs early ends the sharing
     odd = prompts.map(lambda r, i: {"input_ids": r["input_ids"][:3] + [5] + r["input_ids"][4:]} if i == 7 else {},
                       with_indices=True)
-    assert collector._shared_prefix_ids(cfg, odd) is None
-    assert collector._shared_prefix_ids(CollectConfig(output_dir=str(tmp_path / "x"), share_prefix=False), prompts) is None
+    assert collector.shared_prefix_ids(cfg, odd) is None
+    assert collector.shared_prefix_ids(CollectConfig(output_dir=str(tmp_path / "x"), share_prefix=False), prompts) is None
 
 
 def test_a_model_whose_cache_cannot_be_shared_runs_whole_prompts(tiny_model_dir, tmp_path, monkeypatch):
-    from hf_introspect.collection import run as collector
+    from hf_introspect.collection import handoff, pass_context
     from hf_introspect.collection.run import collect
     from hf_introspect.config import CollectConfig
 
     from .test_collector import make_questions
 
-    monkeypatch.setattr(collector, "compute_shared_prefix", lambda net, ids, layers: None)  # e.g. sliding windows
+    for module in (pass_context, handoff):  # the pass's prefix and the probe before pairing passes
+        monkeypatch.setattr(module, "compute_shared_prefix", lambda net, ids, layers: None)  # e.g. sliding windows
     cfg = CollectConfig(output_dir=str(tmp_path / "r"), model=str(tiny_model_dir), dry_run=True)
     plan = collect(cfg, questions=make_questions())
     assert not [n for n in plan.notes if n.startswith("shared prompt prefix")]  # the plan does not claim it
@@ -292,7 +297,7 @@ def test_row_prefix_checks_its_tokens_and_needs_hidden_states_for_kept_positions
 def test_a_resumed_pass_gets_its_handed_prefixes_again_bit_exactly(tiny_model_dir, tmp_path, monkeypatch):
     """Interrupted after self_conf's shard 0 is stored but before other_conf's: the resumed run runs
     self_conf's prompt forwards of that shard again (nothing stored) and equals an uninterrupted run."""
-    from hf_introspect.collection import run as collector
+    from hf_introspect.collection import pass_context as collector, run
     from hf_introspect.collection.run import collect
     from hf_introspect.config import CollectConfig
 
@@ -305,10 +310,10 @@ def test_a_resumed_pass_gets_its_handed_prefixes_again_bit_exactly(tiny_model_di
     reference = collect(cfg("reference"), questions=make_questions())
     real_launch = collector.launch_batch
 
-    def interrupt_on_handed(net, seqs, **kw):
+    def interrupt_on_handed(net, seqs, *a, **kw):
         if kw["row_prefix"] is not None:
             raise KeyboardInterrupt
-        return real_launch(net, seqs, **kw)
+        return real_launch(net, seqs, *a, **kw)
 
     monkeypatch.setattr(collector, "launch_batch", interrupt_on_handed)
     with pytest.raises(KeyboardInterrupt):
@@ -317,8 +322,8 @@ def test_a_resumed_pass_gets_its_handed_prefixes_again_bit_exactly(tiny_model_di
     assert any((shards / "self_conf").glob("*00000-of-*")) and not any((shards / "other_conf").glob("*00000-of-*"))
     monkeypatch.setattr(collector, "launch_batch", real_launch)
     again = []
-    real_again = collector._export_again
-    monkeypatch.setattr(collector, "_export_again", lambda *a: again.append(a[-2].index) or real_again(*a))
+    real_again = run.export_again
+    monkeypatch.setattr(run, "export_again", lambda *a: again.append(a[-2].index) or real_again(*a))
     resumed = collect(cfg("run"), questions=make_questions())
     assert again == [0]  # only the shard whose source was stored before the interruption
     for name in reference:
@@ -334,7 +339,7 @@ def test_plan_states_the_exact_memory_the_handed_prefixes_hold(tiny_model_dir, t
                                                                batch_size, act_dtype):
     """The plan's "up to X of host memory" is the largest HandoffStore of the run, to the byte:
     padding inside each micro-batch included, hidden states only where the later pass stores them."""
-    from hf_introspect.collection import run as collector, prefix
+    from hf_introspect.collection import estimate as collector, prefix
     from hf_introspect.collection.run import collect
     from hf_introspect.config import CollectConfig
     from hf_introspect.collection.planning import fmt_bytes
@@ -342,14 +347,14 @@ def test_plan_states_the_exact_memory_the_handed_prefixes_hold(tiny_model_dir, t
     from .test_collector import make_questions
 
     stated, handed, peak = [], [], [0]
-    real_held, real_add = collector._handoff_held_bytes, prefix.HandoffStore.add
+    real_held, real_add = collector.handoff_held_bytes, prefix.HandoffStore.add
 
     def held(run, src, dst, lengths, P):
         handed.append(lengths)
         stated.append(real_held(run, src, dst, lengths, P))
         return stated[-1]
 
-    monkeypatch.setattr(collector, "_handoff_held_bytes", held)
+    monkeypatch.setattr(collector, "handoff_held_bytes", held)
 
     def add(store, rows, part):
         real_add(store, rows, part)

@@ -1,24 +1,24 @@
 """One batch through the model: residual stream, restricted next-token logits and a short
 continuation, from a single prompt forward pass whose KV cache the continuation reuses.
 
-The continuation of several prompt batches can run as one decode batch
-(:func:`launch_batch` with ``defer_continuation=True``, then :func:`continue_batches`): a decode
-step costs about the same for 4 rows as for 32 (a CPU streams every weight once per step, a GPU
-is bound by kernel launches), so decoding a shard's micro-batches together cuts that cost by
-the number of micro-batches merged.
+:func:`launch_batch` runs in named steps: :func:`pad_batch` (each row's own tokens on top of the
+prefixes' cache), the forward (``forward.forward_hidden``), :func:`read_out` (the ``logits``
+column), :func:`gather_stored` (the ``activations_layer_NN`` columns), :func:`count_overflow`
+(``fp16_overflow_count``), :func:`export_prefixes` (per-question prefixes for a later pass) and
+:func:`start_decoding` (the continuation, now or merged later: see ``decode.py``). The pass's
+settings come as one :class:`PassSpec`.
 """
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .forward import (cache_kwarg, cache_of, cache_tensors, forward_hidden, left_pad, pad_left,
-                      to_device)
+from .decode import DecodeState, continue_prompt, tokens_to_ids
+from .forward import cache_kwarg, cache_of, cache_tensors, forward_hidden, left_pad, to_device
 from .prefix import RowPrefix
 from .readout import restricted_logits
 
@@ -37,25 +37,8 @@ class BatchOutput:
     stacked: np.ndarray | None = None
 
 
-def _sample(logits: torch.Tensor, temperature: float, top_p: float, generators: list[torch.Generator]) -> torch.Tensor:
-    """Greedy when temperature == 0, else temperature + nucleus sampling with a per-row generator
-    (seeded from the question id, so a row's sample does not depend on its batch)."""
-    if temperature <= 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1).cpu()
-    if top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest prefix reaching top_p
-        sorted_p[drop] = 0
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    picks = [torch.multinomial(probs[r], 1, generator=generators[r]) for r in range(probs.shape[0])]
-    return torch.cat(picks).to(logits.device)
 
 
-def row_generator(seed: int, question_id: str, pass_name: str) -> torch.Generator:
-    g = torch.Generator()
-    g.manual_seed((seed * 1_000_003 + zlib.crc32(f"{pass_name}/{question_id}".encode())) % (2**63))
-    return g
 
 
 def _to_host(t: torch.Tensor, dst: torch.Tensor | None = None) -> torch.Tensor:
@@ -68,102 +51,12 @@ def _to_host(t: torch.Tensor, dst: torch.Tensor | None = None) -> torch.Tensor:
     return dst.copy_(t, non_blocking=True)
 
 
-@dataclass
-class DecodeState:
-    """A prompt batch whose continuation has not run yet: what decoding needs from its forward."""
-
-    cache: object  # the prompt's KV cache (transformers DynamicCache)
-    next_logits: torch.Tensor  # (batch, vocab) logits of the first generated token
-    mask: torch.Tensor  # (batch, T) attention mask of the (left-padded) prompt
-    generators: list[torch.Generator]
-
-    @property
-    def rows(self) -> int:
-        return self.mask.shape[0]
-
-    def kv_bytes(self) -> int:
-        kv = cache_tensors(self.cache)
-        return sum(k.nbytes + v.nbytes for k, v in kv) if kv is not None else 0
 
 
-def merge_decode_states(states: list[DecodeState]) -> DecodeState | None:
-    """One decode batch from several prompt batches: every cache and mask left-padded (with masked
-    zeros) to the longest prompt and stacked along the batch. Positions are unaffected: decode
-    position ids come from each row's count of real tokens, and RoPE is already in the keys.
-    Consumes the states (each layer's source tensors are dropped as soon as they are copied, so
-    the peak is one layer over the merged size). None when a cache is not a plain DynamicCache.
-
-    Example:
-        >>> merged = merge_decode_states([a.decode, b.decode])   # doctest: +SKIP
-        >>> merged.rows == a.decode.rows + b.decode.rows          # doctest: +SKIP
-        True
-    """
-    from transformers.cache_utils import DynamicCache
-
-    if len(states) == 1:
-        return states[0]
-    per_state = [cache_tensors(s.cache) for s in states]
-    if any(kv is None for kv in per_state) or len({len(kv) for kv in per_state}) != 1:
-        return None
-    n_layers = len(per_state[0])
-    del per_state  # no references to the sources beyond the caches: each layer is freed once merged
-    width = max(s.mask.shape[1] for s in states)
-
-    def left(t: torch.Tensor, dim: int) -> torch.Tensor:
-        return pad_left(t, dim, width)
-
-    merged = DynamicCache()
-    for i in range(n_layers):
-        keys = torch.cat([left(s.cache.layers[i].keys, 2) for s in states])  # (rows, kv_heads, width, head_dim)
-        values = torch.cat([left(s.cache.layers[i].values, 2) for s in states])
-        for s in states:  # free the sources layer by layer
-            s.cache.layers[i].keys = s.cache.layers[i].values = None
-        merged.update(keys, values, i)
-        del keys, values
-    mask = torch.cat([left(s.mask, 1) for s in states])  # (rows, width)
-    logits = torch.cat([s.next_logits for s in states])
-    gens = [g for s in states for g in s.generators]
-    for s in states:
-        s.cache = None
-    return DecodeState(merged, logits, mask, gens)
 
 
-def tokens_to_ids(tokens: list[list[int]], eos_ids: set[int]) -> list[list[int]]:
-    """Each row's generated ids up to (excluding) its first EOS."""
-    generated: list[list[int]] = []
-    for row in tokens:
-        ids = []
-        for t in row:
-            if t in eos_ids:
-                break
-            ids.append(t)
-        generated.append(ids)
-    return generated
 
 
-@torch.inference_mode()
-def continue_batches(net, states: list[DecodeState], *, max_new_tokens: int, temperature: float = 0.0,
-                     top_p: float = 1.0, eos_ids: set[int] = frozenset()) -> list[list[list[int]]]:
-    """The continuations of several deferred batches (``launch_batch(defer_continuation=True)``),
-    decoded as ONE batch; returns, per state, each row's generated ids (EOS excluded). Waits for
-    the result. Falls back to one decode per state where the caches cannot be merged.
-
-    Example:
-        >>> a = launch_batch(net, seqs[:4], defer_continuation=True, max_new_tokens=10, **kw)  # doctest: +SKIP
-        >>> b = launch_batch(net, seqs[4:], defer_continuation=True, max_new_tokens=10, **kw)  # doctest: +SKIP
-        >>> ids_a, ids_b = continue_batches(net, [a.decode, b.decode], max_new_tokens=10)      # doctest: +SKIP
-    """
-    sizes = [s.rows for s in states]
-    merged = merge_decode_states(states)
-    groups = [merged] if merged is not None else states
-    rows: list[list[int]] = []
-    for g in groups:
-        tokens = _continue(net, g.cache, g.next_logits, g.mask, max_new_tokens, temperature, top_p, eos_ids,
-                           g.generators)
-        rows += tokens_to_ids(tokens.cpu().tolist(), eos_ids)
-        g.cache = None
-    bounds = np.cumsum([0] + sizes)
-    return [rows[bounds[i]:bounds[i + 1]] for i in range(len(states))]
 
 
 @dataclass
@@ -196,65 +89,136 @@ class PendingBatch:
                            overflow_counts=self.overflow.numpy(), generated_ids=generated, stacked=host)
 
 
-@torch.inference_mode()
-def launch_batch(net, sequences: list[list[int]], *, pad_id: int, label_ids: dict[str, list[int]],
-                 layers: list[int], keep_positions: list[np.ndarray], act_dtype: str = "float16",
-                 max_new_tokens: int = 0, temperature: float = 0.0, top_p: float = 1.0,
-                 eos_ids: set[int] = frozenset(), generators: list[torch.Generator] | None = None,
-                 host_alloc: Callable[[tuple, torch.dtype], torch.Tensor] | None = None,
-                 defer_continuation: bool = False, prefix=None, row_prefix=None,
-                 export: list[int] | None = None, export_hidden: bool = False) -> PendingBatch:
-    """Queue one batch: forward, gather of the stored layers x positions, readout and the
-    continuation, with the results copied to host memory without waiting for them. Calling it for
-    the next batch before :meth:`PendingBatch.result` of this one keeps a GPU busy while the host
-    handles the previous batch. :func:`run_batch` is ``launch_batch(...).result()``.
+@dataclass(frozen=True)
+class PassSpec:
+    """What every batch of one pass runs with: the settings ``launch_batch`` used to take as a
+    dozen arguments, gathered once per pass (``PassContext.spec``).
 
     ``layers`` index the residual stack: 0 = embedding output, i = output of block i (the last
-    one before the final norm). ``keep_positions[r]`` are prompt token indices (0..len-1) to keep.
-    ``host_alloc(shape, dtype)``, if given, returns reusable host memory (pinned on CUDA) for the
-    stored activations, which then stay valid only until it hands the same memory out again;
-    without it every batch gets fresh memory (page faults on every call: ~1 s per GB on a small VM).
-    ``defer_continuation=True`` leaves the continuation to :func:`continue_batches` (the
-    returned batch keeps the prompt's KV cache in ``.decode``; its hidden states are freed).
-    ``prefix`` (a :class:`hf_introspect.collection.prefix.SharedPrefix` every sequence starts with) skips
-    recomputing those tokens: only the rest of each row runs, on top of the prefix's cache.
-    ``row_prefix`` (a :class:`hf_introspect.collection.prefix.RowPrefix`, rows in this batch's order) goes
-    further: row r's next ``row_prefix.lengths[r]`` tokens were run by another pass's forward,
-    and only the tokens after them run here. ``export[r]`` asks for the opposite: the keys/values
-    (and, with ``export_hidden``, the stored layers' hidden states) of row r's first ``export[r]``
-    tokens after the shared prefix, returned as ``PendingBatch.handoff`` for a later pass.
+    one before the final norm). ``prefix`` (a :class:`~hf_introspect.collection.prefix.SharedPrefix`
+    every prompt of the pass starts with) skips recomputing those tokens.
+
+    Example:
+        >>> PassSpec(pad_id=0, label_ids={"A": [10]}, layers=[0, 2]).max_new_tokens
+        0
+    """
+
+    pad_id: int
+    label_ids: dict[str, list[int]]
+    layers: list[int]
+    act_dtype: str = "float16"
+    max_new_tokens: int = 0
+    temperature: float = 0.0
+    top_p: float = 1.0
+    eos_ids: frozenset[int] | set[int] = frozenset()
+    prefix: object | None = None  # prefix.SharedPrefix
+
+
+@dataclass
+class Padded:
+    """A batch's model input after :func:`pad_batch`: only each row's own tokens, left-padded, on
+    top of the cache of the shared prefix (``P`` tokens) and of the row prefixes (``Q[r]``)."""
+
+    ids: torch.Tensor  # (batch, width) the tokens run here
+    mask: torch.Tensor  # (batch, P + L + width): prefix ones + row prefixes + the left-padded rest
+    pos: torch.Tensor  # (batch, width) position ids, continuing at P + Q[r]
+    cache: dict  # {cache kwarg: the prefixes' cache} or {}
+    P: int
+    Q: np.ndarray  # (batch,) int64 row-prefix lengths
+
+    @property
+    def width(self) -> int:
+        return self.ids.shape[1]
+
+
+@torch.inference_mode()
+def launch_batch(net, sequences: list[list[int]], spec: PassSpec, keep_positions: list[np.ndarray], *,
+                 generators: list[torch.Generator] | None = None,
+                 host_alloc: Callable[[tuple, torch.dtype], torch.Tensor] | None = None,
+                 defer_continuation: bool = False, row_prefix=None, export: list[int] | None = None,
+                 export_hidden: bool = False) -> PendingBatch:
+    """Queue one batch: pad, forward, read out, gather the stored layers x positions, export row
+    prefixes, start decoding; the results are copied to host memory without waiting for them.
+    Calling it for the next batch before :meth:`PendingBatch.result` of this one keeps a GPU busy
+    while the host handles the previous batch. :func:`run_batch` is ``launch_batch(...).result()``.
+
+    ``keep_positions[r]`` are prompt token indices (0..len-1) to keep. ``host_alloc(shape, dtype)``,
+    if given, returns reusable host memory (pinned on CUDA) for the stored activations, which then
+    stay valid only until it hands the same memory out again; without it every batch gets fresh
+    memory (page faults on every call: ~1 s per GB on a small VM). ``defer_continuation=True``
+    leaves the continuation to :func:`~hf_introspect.collection.decode.continue_batches` (the
+    returned batch keeps the prompt's KV cache in ``.decode``). ``row_prefix`` (a
+    :class:`~hf_introspect.collection.prefix.RowPrefix`, rows in this batch's order): row r's
+    next ``row_prefix.lengths[r]`` tokens after the shared prefix were run by another pass's
+    forward, and only the tokens after them run here. ``export[r]`` asks for the opposite: the
+    keys/values (and, with ``export_hidden``, the stored layers' hidden states) of row r's first
+    ``export[r]`` tokens after the shared prefix, returned as ``PendingBatch.handoff``.
     """
     device = next(net.parameters()).device
-    b = len(sequences)
+    if row_prefix is not None and export is not None:
+        raise ValueError("launch_batch: a batch run on row prefixes cannot export its own (no chained hand-offs)")
+    padded = pad_batch(net, sequences, spec, row_prefix, device)
+    out, hidden = forward_hidden(net, padded.ids, padded.mask, padded.pos,
+                                 use_cache=spec.max_new_tokens > 0 or bool(padded.cache) or bool(export),
+                                 **padded.cache)
+    next_logits = out.logits[:, -1, :]  # (batch, vocab)
+    label_logits = _to_host(read_out(next_logits, spec.label_ids, device))
+    kept, row_of = gather_stored(hidden, sequences, keep_positions, spec, padded, row_prefix, host_alloc, device)
+    handoff = export_prefixes(out, hidden, sequences, padded.P, padded.width, export,
+                              spec.layers if export_hidden else None, ACT_DTYPES[spec.act_dtype]) \
+        if export is not None and max(export, default=0) > 0 else None
+    del hidden
+    overflow = count_overflow(kept, row_of, len(sequences), device)
+    on_host = device.type == "cpu" and host_alloc is not None  # then kept IS the host buffer
+    stacked = kept if on_host else _to_host(kept, host_alloc(kept.shape, kept.dtype) if host_alloc is not None else None)
+    del kept
+    tokens, decode = start_decoding(net, out, next_logits, padded.mask, spec, generators, defer_continuation)
+    del out  # the hidden states of every layer: only the gathered copy is kept
+    event = None
+    if device.type == "cuda":
+        event = torch.cuda.Event()
+        event.record()
+    offsets = np.concatenate([[0], np.cumsum([len(k) for k in keep_positions])]).astype(np.int64)
+    return PendingBatch(label_logits, stacked, overflow, tokens, offsets, set(spec.eos_ids), event, decode, handoff)
+
+
+def pad_batch(net, sequences: list[list[int]], spec: PassSpec, row_prefix, device) -> Padded:
+    """Step 1, pad: each row's own tokens (after the shared prefix and its row prefix), left-padded,
+    with the mask and position ids that put them on top of the prefixes' cache."""
+    prefix, b = spec.prefix, len(sequences)
     P = prefix.length if prefix is not None else 0
     if P and any(s[:P] != prefix.ids for s in sequences):
         raise ValueError("launch_batch: a sequence does not start with the shared prefix's tokens")
-    if row_prefix is not None and export is not None:
-        raise ValueError("launch_batch: a batch run on row prefixes cannot export its own (no chained hand-offs)")
     Q = np.array(row_prefix.lengths if row_prefix is not None else [0] * b, dtype=np.int64)  # (batch,)
     if row_prefix is not None and any(s[P:P + q] != t for s, q, t in zip(sequences, Q, row_prefix.tokens)):
         raise ValueError("launch_batch: a sequence does not continue with its row prefix's tokens")
-    # Only each row's own tokens go through the model, on top of the prefix's cache and the row
-    # prefix's: mask (batch, P + L + T) = prefix ones + row prefixes + the left-padded rest;
-    # row r's positions continue at P + Q[r].
-    ids, mask, pos = left_pad([s[P + q:] for s, q in zip(sequences, Q)], pad_id, device)
-    extra = {}
+    ids, mask, pos = left_pad([s[P + q:] for s, q in zip(sequences, Q)], spec.pad_id, device)
+    cache = {}
     if P or row_prefix is not None:
         pos = pos + to_device(torch.as_tensor(P + Q)[:, None], device)
-        extra[cache_kwarg(net)] = _prefix_cache(prefix, row_prefix, b)
+        cache[cache_kwarg(net)] = _prefix_cache(prefix, row_prefix, b)
         parts = [torch.ones((b, P), dtype=mask.dtype, device=device)] if P else []
         if row_prefix is not None:
             parts.append(row_prefix.mask.to(device=device, dtype=mask.dtype))
         mask = torch.cat(parts + [mask], dim=1)
-    out, hidden = forward_hidden(net, ids, mask, pos, use_cache=max_new_tokens > 0 or bool(extra) or bool(export),
-                                 **extra)
-    next_logits = out.logits[:, -1, :]  # (batch, vocab)
-    label_index = {label: to_device(torch.tensor(ids, dtype=torch.long), device) for label, ids in label_ids.items()}
-    label_logits = _to_host(restricted_logits(next_logits, label_index))
+    return Padded(ids, mask, pos, cache, P, Q)
 
-    # Only the stored layers and positions are gathered (on the device), cast and copied: padding
-    # and unstored positions never cross to the host. (n_stored, n_kept_total, hidden)
-    width = ids.shape[1]
+
+def read_out(next_logits: torch.Tensor, label_ids: dict[str, list[int]], device) -> torch.Tensor:
+    """Step 3, read out: the next-token logits restricted to the pass's labels, (batch, n_labels)."""
+    label_index = {label: to_device(torch.tensor(ids, dtype=torch.long), device) for label, ids in label_ids.items()}
+    return restricted_logits(next_logits, label_index)
+
+
+def gather_stored(hidden, sequences, keep_positions, spec: PassSpec, padded: Padded, row_prefix, host_alloc,
+                  device) -> tuple[torch.Tensor, np.ndarray]:
+    """Step 4, gather stored rows: the stored layers at the kept positions, cast to the activation
+    dtype on the device, so padding and unstored positions never cross to the host. A kept
+    position comes from this forward, the shared prefix's hidden states or the row prefix's.
+    Returns ``kept`` (n_stored, n_kept_total, hidden), rows in batch order, and ``row_of``
+    (n_kept_total,) the batch row of each; on a CPU with ``host_alloc`` ``kept`` is the host buffer."""
+    P, Q, width, prefix, layers = padded.P, padded.Q, padded.width, spec.prefix, spec.layers
+    b = len(sequences)
     lens = np.array([len(s) for s in sequences], dtype=np.int64)  # (batch,)
     counts = [len(k) for k in keep_positions]
     row_of = np.repeat(np.arange(b), counts)  # (n_kept,) the row of each kept position
@@ -266,11 +230,10 @@ def launch_batch(net, sequences: list[list[int]], *, pad_id: int, label_ids: dic
     from_row = ~own & ~from_prefix  # from the row prefix: its hidden states, right-aligned
     if from_row.any() and (row_prefix is None or row_prefix.hidden is None):
         raise ValueError("launch_batch: kept positions fall in a row prefix exported without hidden states")
-    shape, dtype = (len(layers), len(row_of), hidden[0].shape[-1]), ACT_DTYPES[act_dtype]
+    shape, dtype = (len(layers), len(row_of), hidden[0].shape[-1]), ACT_DTYPES[spec.act_dtype]
     # On a CPU the host buffer itself is the gather target (no second copy).
     on_host = device.type == "cpu" and host_alloc is not None
     kept = host_alloc(shape, dtype) if on_host else torch.empty(shape, dtype=dtype, device=device)
-    row_of_t = to_device(row_of, device)
     # Index arrays per source: own (rows, cols in this forward), prefix (positions), row prefix
     # (rows, cols in its width); the destinations are positions in the stacked output.
     src = {"own": (row_of[own], cols[own]), "prefix": (full[from_prefix],),
@@ -296,35 +259,41 @@ def launch_batch(net, sequences: list[list[int]], *, pad_id: int, label_ids: dic
         if from_row.any():
             rh = row_prefix.hidden[i]
             kept[j].index_copy_(0, dst["row"], rh[at("row", rh.device)].to(device=device, dtype=dtype))
-    handoff = _export_rows(out, hidden, sequences, P, width, export, layers if export_hidden else None, dtype) \
-        if export is not None and max(export, default=0) > 0 else None
-    del hidden
-    # Non-finite values after the cast (float16 overflow), per row and layer: (batch, n_stored).
+    return kept, row_of
+
+
+def count_overflow(kept: torch.Tensor, row_of: np.ndarray, rows: int, device) -> torch.Tensor:
+    """Non-finite values after the cast (float16 overflow), per row and stored layer: host
+    (rows, n_stored) int64. Summed over layers it is the ``fp16_overflow_count`` column.
+
+    Example:
+        >>> kept = torch.tensor([[[1.0, float("inf")], [0.0, 0.0]]])   # (1 layer, 2 kept, hidden 2)
+        >>> count_overflow(kept, np.array([0, 1]), 2, torch.device("cpu")).tolist()
+        [[1], [0]]
+    """
+    row_of_t = to_device(row_of, device)
     if device.type == "cpu":  # counted only when there are any: one isfinite pass + all() usually
-        overflow = torch.zeros((len(sequences), len(layers)), dtype=torch.int64)
+        overflow = torch.zeros((rows, kept.shape[0]), dtype=torch.int64)
         if not bool(torch.isfinite(kept).all()):
             overflow.index_add_(0, row_of_t, (~torch.isfinite(kept)).sum(dim=-1).T)
-    else:  # counted on the device every time: asking first would make the host wait for the GPU
-        overflow = torch.zeros((len(sequences), len(layers)), dtype=torch.int64, device=device)
-        overflow = _to_host(overflow.index_add_(0, row_of_t, (~torch.isfinite(kept)).sum(dim=-1).T))
-    stacked = kept if on_host else _to_host(kept, host_alloc(shape, dtype) if host_alloc is not None else None)
-    del kept
+        return overflow
+    # On a GPU counted every time: asking first would make the host wait for the device.
+    overflow = torch.zeros((rows, kept.shape[0]), dtype=torch.int64, device=device)
+    return _to_host(overflow.index_add_(0, row_of_t, (~torch.isfinite(kept)).sum(dim=-1).T))
 
-    tokens = decode = None
-    if max_new_tokens > 0:
-        gens = generators or [torch.Generator() for _ in sequences]
-        if defer_continuation and cache_tensors(cache_of(out)) is not None:  # else no merge: decode now
-            decode = DecodeState(cache_of(out), next_logits, mask, gens)
-        else:
-            tokens = _to_host(_continue(net, cache_of(out), next_logits, mask, max_new_tokens, temperature, top_p,
-                                        eos_ids, gens))
-    del out  # the hidden states of every layer: only the gathered copy is kept
-    event = None
-    if device.type == "cuda":
-        event = torch.cuda.Event()
-        event.record()
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return PendingBatch(label_logits, stacked, overflow, tokens, offsets, set(eos_ids), event, decode, handoff)
+
+def start_decoding(net, out, next_logits, mask, spec: PassSpec, generators: list[torch.Generator] | None,
+                   defer: bool) -> tuple[torch.Tensor | None, DecodeState | None]:
+    """Step 6, start decoding: with ``defer`` (and a cache that can be merged) keep the prompt's
+    cache as a :class:`DecodeState` for a merged decode later, else decode now. Returns
+    ``(host tokens (batch, steps) or None, DecodeState or None)``."""
+    if spec.max_new_tokens <= 0:
+        return None, None
+    gens = generators or [torch.Generator() for _ in range(next_logits.shape[0])]
+    if defer and cache_tensors(cache_of(out)) is not None:  # else no merge: decode now
+        return None, DecodeState(cache_of(out), next_logits, mask, gens)
+    return _to_host(continue_prompt(net, cache_of(out), next_logits, mask, spec.max_new_tokens, spec.temperature,
+                                    spec.top_p, spec.eos_ids, gens)), None
 
 
 def _prefix_cache(prefix, row_prefix, b: int):
@@ -344,7 +313,7 @@ def _prefix_cache(prefix, row_prefix, b: int):
     return cache
 
 
-def _export_rows(out, hidden, sequences, P: int, width: int, export: list[int], layers: list[int] | None, dtype):
+def export_prefixes(out, hidden, sequences, P: int, width: int, export: list[int], layers: list[int] | None, dtype):
     """Row r's first ``export[r]`` tokens after the shared prefix, from this forward: keys/values of
     every block and (``layers`` given) those layers' hidden states, as a RowPrefix right-aligned in
     the width of the longest. None when the cache is not a plain DynamicCache."""
@@ -377,66 +346,19 @@ def _export_rows(out, hidden, sequences, P: int, width: int, export: list[int], 
     return RowPrefix(tokens, kv_rows, mask, hid)
 
 
-# A decode batch drops its finished rows once at least this share of them has ended: on a CPU a
-# step costs ~5 ms per row on top of ~66 ms for streaming the weights (SmolLM2, 2-core VM), and
-# about a fifth of the rows run to max_new_tokens while most end after 2-4 tokens. Dropping rows
-# copies the surviving cache once (about what each step's cache concatenation costs anyway).
-COMPACT_SHARE = 0.125
 
 
-def _continue(net, cache, next_logits, mask, max_new_tokens, temperature, top_p, eos_ids, gens,
-              compact: bool = True) -> torch.Tensor:
-    """The continuation from the prompt's KV cache: (batch, steps) token ids on the device; a row's
-    tokens after its EOS are EOS.
-
-    EOS is tracked on the device: the host learns only how many rows have ended (one small copy
-    per step, so a batch that answered in two tokens stops after two steps), never the tokens
-    themselves until the end. With ``compact`` (and a plain DynamicCache) ended rows leave the
-    batch, cache included, so the remaining steps run on the rows still generating; a row's
-    tokens do not depend on it (each row has its own generator, and attention is per row)."""
-    device = next_logits.device
-    b = next_logits.shape[0]
-    lengths = mask.sum(-1)  # (rows,) next position id per row
-    eos = to_device(torch.tensor(sorted(eos_ids), dtype=torch.long), device) if eos_ids else None
-    compact = compact and eos is not None and cache_tensors(cache) is not None
-    # (batch, max_new_tokens): rows that left the batch keep EOS in their remaining steps
-    out = torch.full((b, max_new_tokens), min(eos_ids) if eos_ids else 0, dtype=torch.long, device=device)
-    rows = torch.arange(b, device=device)  # (alive,) original row of each row still decoded
-    done = torch.zeros(b, dtype=torch.bool, device=device)
-    logits, steps = next_logits, 0
-    for step in range(max_new_tokens):
-        tok = _sample(logits, temperature, top_p, gens)  # (alive,)
-        out[rows, step] = tok
-        steps = step + 1
-        if step == max_new_tokens - 1:
-            break
-        if eos is not None:
-            done |= torch.isin(tok, eos)
-            n_done = int(done.sum())  # the one host sync of the step
-            if n_done == len(rows):
-                break
-            if compact and n_done >= max(1, COMPACT_SHARE * len(rows)):
-                keep = (~done).nonzero().squeeze(1)  # (alive',)
-                cache.reorder_cache(keep)
-                mask, lengths, rows, tok = mask[keep], lengths[keep], rows[keep], tok[keep]
-                gens = [gens[i] for i in keep.tolist()] if temperature > 0 else gens
-                done = done[keep]
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
-        step_out = net(input_ids=tok[:, None], attention_mask=mask, position_ids=(lengths + step)[:, None],
-                       use_cache=True, logits_to_keep=1, **{cache_kwarg(net): cache})
-        cache = cache_of(step_out)
-        logits = step_out.logits[:, -1, :]
-    return out[:, :steps]
 
 
-def run_batch(net, sequences: list[list[int]], **kw) -> BatchOutput:
+def run_batch(net, sequences: list[list[int]], spec: PassSpec, keep_positions: list[np.ndarray], **kw) -> BatchOutput:
     """Forward one batch of prompts and read out everything stored for them (waits for the result).
     Arguments as :func:`launch_batch`.
 
     Example:
-        >>> out = run_batch(net, [[1, 5, 9]], pad_id=0, label_ids={"A": [5], "B": [6]},
-        ...                 layers=[0, 2], keep_positions=[np.arange(3)])   # doctest: +SKIP
-        >>> out.activations[0][1].shape                                      # doctest: +SKIP
-        (3, 64)
+        >>> from hf_introspect.testing import tiny_llama
+        >>> spec = PassSpec(pad_id=0, label_ids={"A": [5], "B": [6]}, layers=[0, 2])
+        >>> out = run_batch(tiny_llama(vocab_size=64, hidden=16), [[1, 5, 9]], spec, [np.arange(3)])
+        >>> out.activations[0][1].shape, out.label_logits.shape
+        ((3, 16), (1, 2))
     """
-    return launch_batch(net, sequences, **kw).result()
+    return launch_batch(net, sequences, spec, keep_positions, **kw).result()

@@ -181,3 +181,20 @@ class HandoffStore:
         if not rows or any(r not in self._rows for r in rows):
             return None
         return select_rows([self._rows[r] for r in rows])
+
+
+@dataclass
+class ShardHandoff:
+    """One shard's hand-off state, passed explicitly through its computation (a pass is a source or
+    a target of hand-offs, never both): what it runs on, or what it exports for the later pass.
+
+    Example:
+        >>> ShardHandoff().row_prefixes is None and not ShardHandoff().prompt_only
+        True
+    """
+
+    export_lengths: list[int] | None = None  # row -> its tokens to export after the shared prefix
+    export_hidden: bool = False  # export the stored layers' hidden states too (the later pass stores some)
+    exported: HandoffStore | None = None  # filled as the micro-batches run
+    row_prefixes: HandoffStore | None = None  # the earlier pass's exports this shard runs on
+    prompt_only: bool = False  # forwards only (no continuation): re-exporting for a resumed pass

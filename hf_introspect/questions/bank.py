@@ -49,13 +49,14 @@ import json
 import random
 import re
 import unicodedata
-import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib.resources import files
 
+from ..passes import ANSWER_LABELS as LETTERS
+from .records import question_rng
+
 BANK_SOURCE = "builtin"
-LETTERS = ("A", "B", "C", "D")
 N_DISTRACTORS = len(LETTERS) - 1
 ID_PREFIX = "builtin-"
 
@@ -68,12 +69,6 @@ ATOMIC_NUMBER_SPREAD = 6
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def _question_rng(seed: int, question_id: str) -> random.Random:
-    # Same recipe as hf_introspect.questions.adapters.question_rng: crc32 (not the salted hash())
-    # keeps it identical across processes, and a question's layout doesn't depend on its neighbours.
-    return random.Random(int(seed) * 0x1_0000_0000 + zlib.crc32(question_id.encode("utf-8")))
 
 
 @functools.lru_cache(maxsize=None)
@@ -409,7 +404,7 @@ def build_question_bank(seed: int = 0) -> list[dict]:
     random.Random(seed).shuffle(positions)
     bank = []
     for (_, spec), correct_pos in zip(specs, positions):
-        rng = _question_rng(seed, spec.question_id)
+        rng = question_rng(seed, spec.question_id)  # the loader's per-question RNG: same layout in any sample
         source = [spec.answer, *spec.distractors(rng)]  # unshuffled: correct first
         order = [1, 2, 3]
         rng.shuffle(order)

@@ -35,8 +35,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UserError
+from ..passes import ANSWER_LABELS
 
-LETTERS = ("A", "B", "C", "D")
+LETTERS = ANSWER_LABELS  # the option letters: one owner, hf_introspect.passes
 NUM_OPTIONS = len(LETTERS)
 
 

@@ -40,23 +40,14 @@ from pathlib import Path
 import datasets
 
 from ..errors import UserError
+from ..schema import question_features
 from .adapters import ADAPTERS, Adapter, find_adapter
 from .convert import COLUMNS, NORMALISED, convert_rows
 from .load_report import QuestionLoadReport
 from .reading import builtin_rows, file_rows, hub_rows, where_name
-from .records import LETTERS
 from .selection import log_report, position_warnings, select_questions
 
-QUESTION_FEATURES = datasets.Features(
-    {
-        "question_id": datasets.Value("string"),
-        "question_text": datasets.Value("string"),
-        "options": {letter: datasets.Value("string") for letter in LETTERS},
-        "correct_answer_letter": datasets.Value("string"),
-        "question_source": datasets.Value("string"),
-        "option_source_index": datasets.Sequence(datasets.Value("int32"), length=4),
-    }
-)
+QUESTION_FEATURES = datasets.Features(question_features())  # from the column registry (schema.py)
 
 __all__ = ["QUESTION_FEATURES", "QuestionLoadReport", "load_questions", "load_questions_with_report",
            "parse_question_columns"]

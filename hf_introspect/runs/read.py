@@ -22,11 +22,10 @@ from typing import Iterator
 
 import numpy as np
 
+from ..collection.storage import DATASET_DICT, RUN_CONFIG  # the on-disk layout's one owner
 from ..collection.integrity import shard_problem
 from ..errors import UserError
 
-RUN_CONFIG = "run_config.json"
-DATASET_DICT = "dataset_dict.json"
 _LAYER_PREFIX = "activations_layer_"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 

@@ -9,6 +9,7 @@ together. See :mod:`.split_ridge` (default method) and :mod:`.split_pca` (``ep``
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,14 +63,16 @@ class SplitScores:
 
     @property
     def mean(self) -> float:
-        return float(np.mean(self.scores))
+        # NaN splits (a test set with one class: AUROC undefined) are left out, as in the null
+        return float(np.nanmean(self.scores)) if np.isfinite(self.scores).any() else float("nan")
 
     @property
     def p_value(self) -> float:
         """Permutation p-value of the mean score, ``(1 + #null >= mean) / (1 + P)`` (NaN without a null)."""
-        if len(self.null) == 0:
+        null = self.null[np.isfinite(self.null)]  # a copy with every split undefined is left out
+        if len(null) == 0 or not np.isfinite(self.mean):
             return float("nan")
-        return float((1 + np.sum(self.null >= self.mean)) / (1 + len(self.null)))
+        return float((1 + np.sum(null >= self.mean)) / (1 + len(null)))
 
 
 def score_splits(X, y, splits, *, method: str = "ridge", task: str = "regression", permutations: int = 0,
@@ -126,7 +129,13 @@ def score_splits(X, y, splits, *, method: str = "ridge", task: str = "regression
     if alphas is not None:
         extra["alpha"] = float(alphas[0])
         extra["null_alpha"] = np.asarray(alphas[1:])
-    return SplitScores(metric, values[:, 0], values[:, 1:].mean(0), extra)
+    # the null averages over the same splits as the observed score, leaving out NaN splits (a test
+    # set with one class: AUROC undefined); a plain mean made every permuted copy NaN whenever one
+    # split was, and a NaN null counted as "below" the score: p = 1/(1 + P) with no signal at all
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN copies stay NaN
+        null = np.nanmean(values[:, 1:], axis=0)
+    return SplitScores(metric, values[:, 0], null, extra)
 
 
 def _test_scores(X, labels, classes, splits, tests, method, task, device, seed, options):

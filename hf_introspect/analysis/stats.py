@@ -36,6 +36,7 @@ def permutation_p(observed: float, null: np.ndarray) -> float:
         0.4
     """
     null = np.asarray(null, dtype=np.float64)
+    null = null[np.isfinite(null)]  # an undefined null copy is no evidence either way (NaN >= x is False)
     if null.size == 0 or not np.isfinite(observed):
         return float("nan")
     return float((1 + np.count_nonzero(null >= observed)) / (1 + null.size))
@@ -49,6 +50,7 @@ def null_quantile(null: np.ndarray, q: float = 0.95) -> float:
         95.0
     """
     null = np.asarray(null, dtype=np.float64)
+    null = null[np.isfinite(null)]
     return float(np.quantile(null, q)) if null.size else float("nan")
 
 

@@ -146,3 +146,17 @@ def test_score_splits_bad_input():
         score_splits(X, np.ones(30), splits)
     with pytest.raises(UserError, match="permutations"):
         score_splits(X, np.arange(30.0), splits, permutations=-1)
+
+
+def test_binary_null_skips_splits_with_one_class():
+    """A rare class leaves some test sets with no positive (AUROC undefined there): the null must
+    average the other splits, as the observed score does, not turn NaN and count as 'below' the score
+    (which gave p = 1/(1 + P) for a target with no signal at all)."""
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(100, 20))
+    y = np.zeros(100)
+    y[rng.choice(100, 10, replace=False)] = 1.0  # 10% positives, unrelated to X (before the fix: p = 1/31)
+    res = score_splits(X, y, make_splits(100, 50, seed=0), task="binary", permutations=30)
+    assert np.isnan(res.scores).sum() > 0  # the case: some test sets hold no positive
+    assert np.isfinite(res.null).all() and np.isfinite(res.mean)
+    assert res.p_value > 0.2  # here 0.52 (rank 16 of 31)

@@ -48,3 +48,11 @@ def test_permutation_p_and_intervals():
     assert stats.null_quantile(null) == pytest.approx(np.quantile(null, 0.95))
     lo, hi = stats.split_interval(np.r_[np.arange(100.0), np.nan])
     assert lo == pytest.approx(2.475) and hi == pytest.approx(96.525)
+
+
+def test_permutation_p_ignores_undefined_null_copies():
+    # NaN >= x is False: counted, a NaN copy would push p down as if it were evidence
+    null = np.array([np.nan, np.nan, 0.9, 0.1])
+    assert stats.permutation_p(0.5, null) == pytest.approx(2 / 3)
+    assert stats.null_quantile(np.array([np.nan, 0.0, 1.0]), 0.5) == pytest.approx(0.5)
+    assert np.isnan(stats.permutation_p(0.5, np.array([np.nan])))

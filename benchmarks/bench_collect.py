@@ -110,7 +110,10 @@ class Breakdown:
                         bd.t[key] += time.perf_counter() - t0
             return wrapper
 
-        orig_warm = collector._warmup_seconds
+        # The collector's stages by module (collection/run.py was split by concern).
+        from hf_introspect.collection import backoff, estimate, pass_context, writers
+
+        orig_warm = estimate.warmup_seconds
 
         def warm(*a, **k):
             bd._in_warmup = True
@@ -123,11 +126,11 @@ class Breakdown:
 
         from hf_introspect.collection import pipeline
 
-        collector._warmup_seconds = warm
-        collector.launch_batch = timed("launch_batch", collector.launch_batch)
-        collector.continue_batches = timed("continue_batches", collector.continue_batches)
-        collector._compute_shard = timed("compute_shard", collector._compute_shard)
-        collector._shard_table = timed("shard_table", collector._shard_table)
+        estimate.warmup_seconds = warm
+        pass_context.launch_batch = timed("launch_batch", pass_context.launch_batch)
+        backoff.continue_batches = timed("continue_batches", backoff.continue_batches)
+        collector.compute_shard = timed("compute_shard", collector.compute_shard)
+        writers.shard_table = timed("shard_table", writers.shard_table)
         pipeline.ShardPrefetcher.take = timed("take", pipeline.ShardPrefetcher.take)
         depth = [0]
 

@@ -65,18 +65,19 @@ def linear_shapes(cfg) -> list[tuple[int, int, int]]:
 def prompt_tokens(prompts: dict) -> dict:
     """Tokens each side runs: every prompt whole (reference) vs what the collector skips, counted
     with the collector's own helpers (``prompts``: pass -> prompt Dataset)."""
-    from hf_introspect.collection.run import MIN_SHARED_TOKENS, _handed_lengths, _shared_prefix_ids
+    from hf_introspect.collection.handoff import handed_lengths, shared_prefix_ids
+    from hf_introspect.collection.prefix import MIN_SHARED_TOKENS
     from hf_introspect.config import CollectConfig
 
     cfg = CollectConfig(output_dir="unused")
     whole = {p: sum(ds["seq_len"]) for p, ds in prompts.items()}
-    shared = {p: len(_shared_prefix_ids(cfg, ds) or ()) for p, ds in prompts.items()}
+    shared = {p: len(shared_prefix_ids(cfg, ds) or ()) for p, ds in prompts.items()}
     saved_prefix = sum(shared[p] * (len(ds) - 1) for p, ds in prompts.items())  # each run once
     # other_conf on self_conf's per-question prefixes: the pairing the collector finds with the
     # default templates (same shared prefix, >= MIN_SHARED_TOKENS per question).
     handed = 0
     if {"self_conf", "other_conf"} <= prompts.keys() and shared["self_conf"] == shared["other_conf"]:
-        handed = int(_handed_lengths(prompts["self_conf"], prompts["other_conf"], shared["other_conf"]).sum())
+        handed = int(handed_lengths(prompts["self_conf"], prompts["other_conf"], shared["other_conf"]).sum())
         handed = handed if handed >= MIN_SHARED_TOKENS * len(prompts["other_conf"]) else 0
     ref = sum(whole.values())
     return {"reference": ref, "hf": ref - saved_prefix - handed, "shared_prefix_saved": saved_prefix,

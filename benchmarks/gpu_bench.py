@@ -281,11 +281,11 @@ def sync_check(net, batch: int, seq_len: int, vocab: int) -> dict:
     import numpy as np
     import torch
 
-    from hf_introspect.collection.inference import launch_batch
+    from hf_introspect.collection.inference import PassSpec, launch_batch
 
     seqs = [list(np.random.default_rng(r).integers(3, vocab, size=seq_len - (r % 3))) for r in range(batch)]
-    kw = dict(pad_id=0, label_ids={"A": [10], "B": [11]}, layers=list(range(net.config.num_hidden_layers + 1)),
-              keep_positions=[np.array([len(s) - 1]) for s in seqs])
+    spec = PassSpec(pad_id=0, label_ids={"A": [10], "B": [11]}, layers=list(range(net.config.num_hidden_layers + 1)))
+    kw = dict(spec=spec, keep_positions=[np.array([len(s) - 1]) for s in seqs])
     launch_batch(net, seqs, **kw).result()  # warm-up
     torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as caught:
@@ -352,6 +352,7 @@ def main(argv=None) -> int:
     from datasets.utils import logging as ds_logging
 
     import hf_introspect.collection.run as collector
+    from hf_introspect.collection import estimate
     from hf_introspect.questions.sources import load_questions
     from hf_introspect.testing import tiny_tokenizer
 
@@ -473,13 +474,13 @@ def main(argv=None) -> int:
                          f"({r['ratio_vs_disk_fsync']:.2f}x the fsync bound), {r['bytes_per_s'] / 1e9:.2f} GB/s")
         if "all1" in stages and "disk" in res:
             with stage("hf_all_mnt0_1writer"):
-                real = collector._writer_count
-                collector._writer_count = lambda device, cfg: 1
+                real = collector.writer_count  # the writers (run.py) and the plan's figure (estimate.py)
+                collector.writer_count = estimate.writer_count = lambda device, cfg: 1
                 try:
                     r = run_collect(lm, qs_all.select(range(args.all_questions)), out_root / "run", positions="all",
                                     max_new_tokens=0, batch=B, save_every=args.all_save_every)
                 finally:
-                    collector._writer_count = real
+                    collector.writer_count = estimate.writer_count = real
                 r["ratio_vs_disk"] = r["qps"] / res["disk"]["qps_bound"]
                 r["ratio_vs_disk_fsync"] = r["qps"] / res["disk"]["qps_bound_fsync"]
                 res["hf_all_mnt0_1writer"] = r

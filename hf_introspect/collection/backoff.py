@@ -24,9 +24,9 @@ def is_oom(exc: BaseException) -> bool:
 
 
 def run_with_backoff(ctx: PassContext, rows: list[int], seqs, positions, qids,
-                      sink: tuple[list[np.ndarray], np.ndarray] | None = None,
-                      check_stop=lambda: None, shard: ShardHandoff | None = None,
-                      export: bool = False) -> dict[int, tuple[BatchOutput, int]]:
+                     sink: tuple[list[np.ndarray], np.ndarray] | None = None,
+                     check_stop=lambda: None, shard: ShardHandoff | None = None,
+                     export: bool = False) -> dict[int, tuple[BatchOutput, int]]:
     """Run rows in micro-batches of ctx.micro_batch, halving it on out-of-memory.
 
     Micro-batch k + 1 is launched before k's results are read, so the device computes while the

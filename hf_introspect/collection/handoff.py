@@ -54,7 +54,7 @@ def handed_lengths(src: Dataset, dst: Dataset, shared: int) -> np.ndarray:
 
 
 def handoff_pairs(cfg: CollectConfig, prompts: dict[str, Dataset],
-                   contexts: dict[str, PassContext]) -> dict[str, tuple[str, np.ndarray]]:
+                  contexts: dict[str, PassContext]) -> dict[str, tuple[str, np.ndarray]]:
     """Which pass runs on which earlier pass's per-question prefixes: ``{later: (earlier, lengths)}``,
     ``lengths`` (rows,) being each question's tokens not run again.
 
@@ -107,7 +107,7 @@ def exports_hidden(dst_positions: list[np.ndarray], lengths, P: int) -> bool:
 
 
 def export_again(src: PassContext, dst: PassContext, src_prompts: Dataset, dst_prompts: Dataset, job: ShardJob,
-                  check_stop) -> HandoffStore:
+                 check_stop) -> HandoffStore:
     """The row prefixes of a shard whose source pass is already stored (a resumed run): the source's
     prompt forwards run again, in the same micro-batches, storing nothing, so the handed values are
     bit-identical to an uninterrupted run's (as long as the micro-batch size is the same: one

@@ -18,7 +18,7 @@ from .integrity import commit_shard, writing_path
 
 
 def write_shard(prefetch: ShardPrefetcher, result, ctx: PassContext, features: Features, prompts: Dataset,
-                 path: Path, fingerprint: str) -> None:
+                path: Path, fingerprint: str) -> None:
     """Write one computed shard as one ``Dataset.map`` whose ``cache_file_name`` is the shard's
     final file (map writes a temp file and renames it: the shard exists whole or not), then hand
     its buffers back to the inference thread."""

@@ -28,13 +28,13 @@ from ...errors import UserError
 from ...passes import PASSES, PROMPT_TYPES, labels_for_pass
 from ...collection.storage import DATASET_DICT, RUN_CONFIG, read_run_config, split_is_final
 from ...runs.read import layer_matrix, list_parts, load_run
-from ...schema import layer_column
+from ...schema import layer_column, registered
 
 SCORE_COLUMN = {"self_conf": "self_confidence", "other_conf": "other_confidence"}
-# The metadata columns inspect reads (never the activations).
-_META = ("question_id", "question_source", "correct_answer_letter", "model_name", "checkpoint_id",
-           "temperature", "max_new_tokens", "parsed_answer", "parse_source", "probs", "entropy", "seq_len",
-           "fp16_overflow_count", "is_correct", "logit_margin", "self_confidence", "other_confidence")
+# The metadata columns inspect reads (never the activations), checked against the column registry.
+_META = registered("question_id", "question_source", "correct_answer_letter", "model_name", "checkpoint_id",
+                   "temperature", "max_new_tokens", "parsed_answer", "parse_source", "probs", "entropy", "seq_len",
+                   "fp16_overflow_count", "is_correct", "logit_margin", "self_confidence", "other_confidence")
 _LAYER_RE = re.compile(r"^activations_layer_(\d+)$")
 _HUB_RE = re.compile(r"^[\w.-]+/[\w.-]+$")
 

@@ -18,12 +18,13 @@ import numpy as np
 
 from . import metrics as M
 from ...passes import ANSWER_LABELS, CONFIDENCE_LABELS
+from ...schema import registered
 from .run_view import SCORE_COLUMN, PassData, Run, activation_shapes, answer_activations, open_run  # noqa: F401 (open_run: the entry point)
 from .text import format_layers, truncate
 
-# The columns one example shows beyond the metadata.
-_EXAMPLE = ("question_id", "question_text", "options", "correct_answer_letter", "prompt_text",
-             "output_text", "activation_positions")
+# The columns one example shows beyond the metadata, checked against the column registry.
+_EXAMPLE = registered("question_id", "question_text", "options", "correct_answer_letter", "prompt_text",
+                      "output_text", "activation_positions")
 
 
 def _first(p: PassData, col: str):

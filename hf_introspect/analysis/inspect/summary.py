@@ -88,12 +88,11 @@ def parse_stats(p: PassData) -> dict:
 
     >>> from datasets import Dataset
     >>> from hf_introspect.analysis.inspect.run_view import pass_data
-    >>> p = pass_data("mcq", Dataset.from_dict({"question_id": ["q1", "q2"], "is_correct": [True, False],
-    ...     "probs": [[0.7, 0.1, 0.1, 0.1], [0.4, 0.3, 0.2, 0.1]], "correct_answer_letter": ["A", "B"],
-    ...     "parsed_answer": ["A", "B"], "parse_source": ["output_text", "output_text"], "entropy": [0.9, 1.3],
-    ...     "logit_margin": [1.9, -0.3]}))
-    >>> parse_stats(p)["output_disagrees_with_argmax"]   # q2's text says B, its argmax is A
-    1
+    >>> columns = {"question_id": ["q1", "q2", "q3"], "parsed_answer": ["A", "B", "C"],
+    ...            "parse_source": ["output_text", "output_text", "argmax"], "probs": [[0.7, 0.1, 0.1, 0.1]] * 3}
+    >>> s = parse_stats(pass_data("mcq", Dataset.from_dict(columns)))   # q2's text says B, its argmax is A
+    >>> s["from_output_text"], s["output_disagrees_with_argmax"], s["no_label_in_output"]
+    (2, 1, 1)
     """
     n = len(p)
     src = p.cols.get("parse_source")

@@ -31,6 +31,9 @@ def _draw(ax, results, colors) -> None:
             ax.plot(x, null, ":", color=color, lw=1)
         if res.best_layer is not None:
             ax.axvline(res.best_layer, color=color, lw=0.6, ls="--", alpha=0.6)
+        if np.isfinite(getattr(res, "majority", np.nan)) and res.metric == "accuracy":
+            # always answering the commonest class: the baseline that matters when answers are skewed
+            ax.axhline(res.majority, color=color, lw=0.8, ls="-.", label=f"{res.target}: majority class")
     chance = {res.chance for res in results}
     for c in chance:
         ax.axhline(c, color="0.4", lw=0.7)

@@ -161,9 +161,23 @@ def _loop_fits(X, labels, classes, splits, method, task, device, options):
         cols = []
         for c in range(labels.shape[1]):
             probe = fit_probe(X[train], labels[train, c], method=method, task=task, device=device, **options)
-            cols.append(probe.decision(X[test]))
+            cols.append(_on_all_classes(probe, X[test], classes, task))
         out.append(np.stack(cols, axis=1))  # (t, C) or (t, C, k)
     return np.stack(out)
+
+
+def _on_all_classes(probe, X_test, classes, task):
+    """Test decisions (t, k) over ALL the target's classes: a training split may lack a rare class
+    (a letter the model seldom answers); that class gets -inf, never predicted, and the others keep
+    their columns, so argmax indexes ``classes`` as the metric assumes."""
+    scores = probe.decision(X_test)
+    if task != "multiclass":
+        return scores
+    if scores.ndim == 1:  # two classes in this training split: one decision, > 0 for probe.classes[1]
+        scores = np.stack([-scores, scores], axis=1)
+    out = np.full((len(X_test), len(classes)), -np.inf)
+    out[:, np.searchsorted(classes, probe.classes)] = scores
+    return out
 
 
 def _coded(labels, classes, task):

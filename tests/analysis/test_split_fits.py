@@ -160,3 +160,23 @@ def test_binary_null_skips_splits_with_one_class():
     assert np.isnan(res.scores).sum() > 0  # the case: some test sets hold no positive
     assert np.isfinite(res.null).all() and np.isfinite(res.mean)
     assert res.p_value > 0.2  # here 0.52 (rank 16 of 31)
+
+
+def test_letter_probe_when_a_training_split_lacks_a_class():
+    """A rare letter missing from one split's training rows: ep/logistic used to stack decisions of
+    different widths (ValueError); now that class is never predicted there and the rest score as usual."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 30))
+    letters = np.array(list("ABC"))[rng.integers(0, 3, 60)]
+    letters[:2] = "D"  # two D's: split 0..19 below has both in its test rows once
+    X[:, 0] += 3.0 * (letters == "A")  # A is decodable
+    splits = make_splits(60, n_splits=20, seed=0)
+    assert any("D" not in set(letters[train]) for train, _ in splits)
+    for method in ("ep", "logistic"):
+        res = score_splits(X, letters, splits, method=method, task="multiclass")
+        assert res.scores.shape == (20,) and 0.4 < res.mean < 1.0
+    # a split with every class present gives the same accuracy as one fit_probe on it
+    train, test = next(s for s in splits if "D" in set(letters[s[0]]))
+    probe = fit_probe(X[train], letters[train], method="logistic", task="multiclass")
+    one = score_splits(X, letters, [(train, test)], method="logistic", task="multiclass")
+    assert one.scores[0] == pytest.approx(np.mean(probe.predict(X[test]) == letters[test]))

@@ -95,3 +95,20 @@ def test_readers_name_the_damaged_shard_and_the_repair(reference, tmp_path, caps
         assert main(command) == 2
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert err.startswith("error: ") and SHARD in err and "rerun the same collect command" in err, err
+
+
+def test_verify_a_merged_run_by_the_files_its_splits_list(reference, tmp_path, capsys):
+    # merge links the Arrow files only (no records) and writes no shard layout in run_config.json
+    _, ref = reference
+    run = tmp_path / "merged"
+    shutil.copytree(ref, run)
+    for record in run.rglob("*.integrity.json"):
+        record.unlink()
+    config = json.loads((run / "run_config.json").read_text())
+    config["shards"] = {"merged": True, "num_shards": 6}
+    (run / "run_config.json").write_text(json.dumps(config))
+    assert main(["verify", str(run)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("ok: 18 shards, ")
+    truncate(run / "mcq" / SHARD)
+    assert main(["verify", str(run)]) == 1
+    assert capsys.readouterr().out.startswith(f"damaged: mcq/{SHARD} (unreadable")

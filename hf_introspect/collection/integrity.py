@@ -145,8 +145,9 @@ class Damage:
         return f"{self.path.parent.name}/{self.path.name} ({self.problem})"
 
 
-def expected_shards(run_dir: Path) -> dict[str, list[tuple[Path, int]]]:
-    """Per pass of the run, its shards and their expected rows, from ``run_config.json``."""
+def expected_shards(run_dir: Path) -> dict[str, list[tuple[Path, int | None]]]:
+    """Per pass of the run, its shards and their expected rows, from ``run_config.json``; for a
+    merged run (no shard layout) the files each split's ``state.json`` lists, rows unknown."""
     from .storage import read_run_config, shard_path
 
     config = read_run_config(run_dir) or {}
@@ -154,7 +155,14 @@ def expected_shards(run_dir: Path) -> dict[str, list[tuple[Path, int]]]:
     per, count = shards.get("rows_per_shard"), shards.get("num_shards")
     passes = (config.get("config") or {}).get("passes") or []
     if not (per and count and n_rows is not None):
-        return {}
+        listed = {}
+        for p in passes:
+            try:
+                state = json.loads((Path(run_dir) / p / "state.json").read_text(encoding="utf-8"))
+                listed[p] = [(Path(run_dir) / p / d["filename"], None) for d in state["_data_files"]]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        return listed
     return {p: [(shard_path(run_dir, p, i, count), min(per, n_rows - i * per)) for i in range(count)] for p in passes}
 
 

@@ -119,12 +119,12 @@ def test_full_disk_keeps_finished_shards_and_resumes(reference, tiny_model_dir, 
 
 
 def test_plan_refuses_a_run_bigger_than_the_disk(reference, tiny_model_dir, tmp_path, monkeypatch):
-    from hf_introspect.collection import run as collector
+    from hf_introspect.collection import estimate
     from hf_introspect.collection.run import collect
     from hf_introspect.commands.collect import config_from_args
 
     qfile, _ = reference
-    monkeypatch.setattr(collector, "free_bytes", lambda path: 1000)
+    monkeypatch.setattr(estimate, "free_bytes", lambda path: 1000)  # the plan is made in collection/estimate.py
     import argparse
 
     from hf_introspect.commands.collect import add_arguments

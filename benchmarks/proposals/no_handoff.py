@@ -4,6 +4,6 @@ prefix kept: what the hand-off saves on its own."""
 
 
 def apply():
-    from hf_introspect.collection import run as collector
+    from hf_introspect.collection import estimate  # the plan decides the pairs (collection/estimate.py)
 
-    collector._handoff_pairs = lambda cfg, prompts, contexts: {}
+    estimate.handoff_pairs = lambda cfg, prompts, contexts: {}

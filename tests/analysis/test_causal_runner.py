@@ -37,7 +37,10 @@ def test_no_edit_reproduces_the_stored_logits(run, pass_name, reuse):
 
 
 def test_cache_reuse_equals_whole_prompts_with_edits(opened):
+    from hf_introspect.analysis.causal.runner import PromptBatch
+
     _, inputs, lm = opened
+    assert PromptBatch(lm.model, inputs.seqs[:2], 0).kv is not None  # the packed path is the one tested
     rng = np.random.default_rng(0)
     n_rows = 40
     question = rng.integers(0, inputs.n, n_rows)

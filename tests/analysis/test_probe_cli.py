@@ -82,3 +82,12 @@ def test_one_question_run_is_refused(one_question_run, capsys):
     assert main(["probe", str(one_question_run), "--target", "entropy"] + FAST) == 2
     err = capsys.readouterr().err
     assert "at least 5" in err and err.count("\n") == 1
+
+
+def test_help_says_how_the_default_ridge_penalty_is_chosen(capsys):
+    # score_splits picks the penalty by leave-one-out over ALL questions (split_fits docstring);
+    # the help once said "inside each training split", which it is not
+    with pytest.raises(SystemExit):
+        main(["probe", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "inside each training split" not in text and "over all the questions" in text

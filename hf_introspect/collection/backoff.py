@@ -20,6 +20,12 @@ logger = logging.getLogger("hf_introspect")
 
 
 def is_oom(exc: BaseException) -> bool:
+    """Whether an exception is the device running out of memory (CUDA's, or a backend's RuntimeError).
+
+    Example:
+        >>> is_oom(RuntimeError("MPS backend out of memory")), is_oom(ValueError("shape"))
+        (True, False)
+    """
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 

@@ -102,7 +102,12 @@ def plan_export(src: PassContext, dst: PassContext, src_prompts: Dataset, dst_pr
 
 def exports_hidden(dst_positions: list[np.ndarray], lengths, P: int) -> bool:
     """Whether a shard's handed prefixes carry hidden states: only if the later pass stores a
-    position among the handed tokens (P .. P + length - 1) of some row."""
+    position among the handed tokens (P .. P + length - 1) of some row.
+
+    Example:
+        >>> exports_hidden([np.array([4, 20])], [6], P=10), exports_hidden([np.array([12, 20])], [6], P=10)
+        (False, True)
+    """
     return any(((p >= P) & (p < P + q)).any() for p, q in zip(dst_positions, lengths))
 
 

@@ -24,8 +24,6 @@ from .prefix import HandoffStore, SharedPrefix, ShardHandoff, compute_shared_pre
 # deferred caches small next to the model (on a GPU also at most a tenth of its memory: a merged
 # decode step briefly holds the cache twice).
 DECODE_MAX_ROWS = {"cpu": 64, "cuda": 256}
-
-
 DECODE_KV_BUDGET = {"cpu": 512 * 2**20, "cuda": 4 * 2**30}
 
 

@@ -24,6 +24,11 @@ def array2d_storage(flat: np.ndarray, offsets: np.ndarray) -> pa.Array:
     """``Array2D((None, hidden))`` storage (list<list<dtype>>) over a (tokens, hidden) buffer, zero-copy.
 
     offsets: (rows + 1,) int32 row starts, in tokens.
+
+    Example:
+        >>> arr = array2d_storage(np.arange(6, dtype=np.float16).reshape(3, 2), np.array([0, 1, 3], np.int32))
+        >>> arr.to_pylist()
+        [[[0.0, 1.0]], [[2.0, 3.0], [4.0, 5.0]]]
     """
     tokens, hidden = flat.shape
     if (tokens + 1) * hidden >= 2**31:

@@ -51,7 +51,12 @@ def column_values(ds: Dataset, name: str) -> list:
 
 def longest_first(lengths) -> list[int]:
     """Row indices, longest prompt first (stable: equal lengths keep their order). The plan's
-    hand-off memory figure relies on the shards using exactly this order."""
+    hand-off memory figure relies on the shards using exactly this order.
+
+    Example:
+        >>> longest_first([3, 9, 3, 5])
+        [1, 3, 0, 2]
+    """
     return sorted(range(len(lengths)), key=lambda r: -lengths[r])
 
 

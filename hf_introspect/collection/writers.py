@@ -74,5 +74,11 @@ class ShardWriters:
 
 def writer_count(device: torch.device, cfg: CollectConfig) -> int:
     """Two concurrent shard writers where a run can be disk-bound (a GPU storing more than the last
-    positions), one elsewhere (a CPU run is bound by the model, and a writer costs a shard of RAM)."""
+    positions), one elsewhere (a CPU run is bound by the model, and a writer costs a shard of RAM).
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> writer_count(torch.device("cpu"), SimpleNamespace(positions="all"))
+        1
+    """
     return 2 if device.type == "cuda" and not cfg.positions.startswith("last") else 1

@@ -121,3 +121,20 @@ def test_a_run_whose_model_is_gone_or_changed_is_refused(tiny_model_dir, directi
     shutil.copytree(tiny_model_dir, tmp_path / "moved")
     capsys.readouterr()
     assert main([*argv, "--model", str(tmp_path / "moved"), "--json"]) == 0  # pointed to it: same fingerprint
+
+
+def test_directions_written_by_the_directions_command(run, tmp_path, capsys):
+    from hf_introspect.analysis.directions import DirectionSet, save_directions
+
+    rng = np.random.default_rng(1)
+    rows = rng.standard_normal((3, 64)).astype(np.float32)
+    rows[0] = np.nan  # layer 0 not computed
+    save_directions(tmp_path / "dirs", DirectionSet({("self_conf", "meandiff"): rows, ("mcq", "probe"): -rows}))
+    argv = ["steer", str(run), "--directions", str(tmp_path / "dirs"), "--layers", "2", "--strengths=-1,0,1",
+            "--controls", "2", "--json"]
+    a = _json(capsys, [*argv, "--direction_pass", "self_conf"])["layers"][0]
+    b = _json(capsys, [*argv, "--direction_pass", "mcq"])["layers"][0]
+    assert a["slope"] == pytest.approx(-b["slope"], rel=1e-3, abs=1e-4)  # the opposite direction
+    _refused(capsys, argv, tmp_path, "pick one")  # two entries and none chosen
+    _refused(capsys, [*argv[:4], "--layers", "0", *argv[6:], "--direction_pass", "self_conf"], tmp_path,
+             "no direction for layer 0")

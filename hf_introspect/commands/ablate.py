@@ -37,12 +37,12 @@ def run(args) -> int:
 
 
 def summary(result) -> str:
+    import numpy as np
+
     lines = [f"ablation {result.pass_name}: {result.n_questions} questions, {result.rows} readouts in {result.seconds:.1f} s; "
              f"baseline mean confidence {result.layers[0].baseline_mean_confidence:.2f}, "
              f"r(confidence, MCQ entropy) {result.layers[0].baseline_corr:+.3f}",
              "layer  d(mean)   p     q(BH)   d(r)     p     q(BH)   control |d(r)| 95%"]
-    import numpy as np
-
     for r in result.layers:
         c95 = np.nanpercentile(np.abs(r.control_delta_corrs), 95) if r.control_delta_corrs else np.nan
         lines.append(f"{r.layer:5d} {r.delta_mean:+7.3f} {r.p_value_mean:6.3f} {r.p_fdr_mean:6.3f}  {r.delta_corr:+7.4f} "

@@ -59,11 +59,11 @@ def run(args) -> int:
 
 
 def summary(result) -> str:
+    import numpy as np
+
     lines = [f"patching {result.source_pass} -> {result.target_pass}: {result.n_questions} questions, {result.n_pairs} "
              f"low/high-entropy pairs, {result.rows} readouts in {result.seconds:.1f} s",
              "layer  shift   95% interval        random pairings (median)   p     q(BH)  low->high dp/dt  high->low dp/dt"]
-    import numpy as np
-
     for r in result.layers:
         med = np.nanmedian(r.null_shifts) if r.null_shifts else np.nan
         lines.append(f"{r.layer:5d} {r.normalised_shift:+6.3f} [{r.interval[0]:+6.3f}, {r.interval[1]:+6.3f}]   {med:+6.3f}"

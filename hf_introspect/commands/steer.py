@@ -50,13 +50,13 @@ def run(args) -> int:
 
 
 def summary(result) -> str:
+    import numpy as np
+
     unit = "x mean readout norm" if result.strength_unit == "mean_norm" else "raw"
     lines = [f"steering {result.pass_name}: {result.n_questions} questions, strengths {result.layers[0].strengths} ({unit}); "
              f"{result.rows} readouts in {result.seconds:.1f} s",
              "layer   norm   slope  control slopes (5-95%)    p      q(BH)  mean confidence per strength"]
     for r in result.layers:
-        import numpy as np
-
         lo, hi = np.percentile(r.control_slopes, [5, 95]) if r.control_slopes else (np.nan, np.nan)
         lines.append(f"{r.layer:5d} {r.unit:7.2f} {r.slope:7.3f}  [{lo:7.3f}, {hi:7.3f}]  {r.p_value:6.3f} {r.p_fdr:6.3f}  "
                      + " ".join(f"{v:5.1f}" for v in r.mean_confidence))

@@ -82,13 +82,13 @@ def score_splits(X, y, splits, *, method: str = "ridge", task: str = "regression
 
     ``method="ridge"`` (default): ridge on all dimensions standardised by the layer's mean and std
     over all questions (label-free; one Gram matrix for every split), the intercept from each
-    training split, the penalty chosen per layer and per permuted copy by exact leave-one-out over
-    all questions from the grid ``alphas`` (in units of the Gram's mean eigenvalue, default
-    1e-3..1e3 by decades; ``alpha=`` fixes it, same units). That choice is one number per layer
-    that has seen every label, the test labels of each split included; the permuted copies go
-    through the same choice, so the null and p-values are exact, and benchmarks/bench_probe.py
-    measures the score against a strictly nested fit per split (fit_probe on the training rows
-    alone). Classes are fitted as +-1 columns (``RidgeClassifierCV``), scored by the decision.
+    training split, the penalty chosen inside each training split (nested: the test labels never
+    see it) by exact leave-one-out over that split's training rows, from the grid ``alphas`` (in
+    units of the Gram's mean eigenvalue, default 1e-3..1e3 by decades; ``alpha=`` fixes it, same
+    units); every permuted copy gets its own choice per split, so the null goes through the same
+    selection. ``extra["alpha"]`` holds the chosen penalty per split (n_splits,), ``extra["null_alpha"]``
+    (n_splits, permutations). Classes are fitted as +-1 columns (``RidgeClassifierCV``), scored by
+    the decision.
     ``"ep"``: the reference pipeline per split (:mod:`.split_pca`; ``alpha`` in absolute units,
     1000). ``"logistic"``: :func:`fit_probe` per split and permuted copy (slow; for checks).
 
@@ -114,21 +114,24 @@ def score_splits(X, y, splits, *, method: str = "ridge", task: str = "regression
         by_size.setdefault(len(test), []).append(i)
     values = np.empty((len(splits), labels.shape[1]))
     accuracy = np.empty_like(values)
-    alphas = None
+    chosen = None
     for idx in by_size.values():
         group = [splits[i] for i in idx]
         tests = np.stack([np.asarray(t) for _, t in group])  # (S, t)
         scores, alphas = _test_scores(X, labels, classes, group, tests, method, task, device, seed, options)
         truth = labels[tests]  # (S, t, 1 + P)
         values[idx] = _metric(scores, truth, classes, task)
+        if alphas is not None:  # (S, 1 + P) penalties chosen per split and column
+            chosen = np.empty((len(splits), alphas.shape[1])) if chosen is None else chosen
+            chosen[idx] = alphas
         if task == "binary":
             accuracy[idx] = np.mean((scores > 0) == (truth == classes[1]), axis=1)
     extra = {}
     if task == "binary":
         extra = {"accuracy": accuracy[:, 0], "null_accuracy": accuracy[:, 1:].mean(0)}
-    if alphas is not None:
-        extra["alpha"] = float(alphas[0])
-        extra["null_alpha"] = np.asarray(alphas[1:])
+    if chosen is not None:
+        extra["alpha"] = chosen[:, 0]
+        extra["null_alpha"] = chosen[:, 1:]
     # the null averages over the same splits as the observed score, leaving out NaN splits (a test
     # set with one class: AUROC undefined); a plain mean made every permuted copy NaN whenever one
     # split was, and a NaN null counted as "below" the score: p = 1/(1 + P) with no signal at all

@@ -10,6 +10,13 @@ held-out residuals exactly (block-deletion identity of the inverse):
 
 so one Cholesky of ``K + aI`` per penalty and one (t, t) Cholesky per split replace a fit per split,
 and every column of ``Y`` (the target and its permuted copies) costs one more right-hand side.
+
+The penalty is chosen inside each training split (nested: the test labels never see the choice).
+Deleting the test rows ``T`` from the bordered inverse leaves the training rows' own bordered
+inverse ``G_R = G_RR - G_RT G_TT^{-1} G_TR``, whose dual fit is ``c_R - G_RT e`` (``e`` the held-out
+residuals above); its exact leave-one-out residuals ``(c_R - G_RT e)_i / (G_R)_ii`` therefore cost
+one triangular solve ``L^{-1} G_TR`` (t, n) per split and penalty, and each split and column group
+(a target or a permuted copy) keeps the grid penalty with the least training-only LOO error.
 """
 
 from __future__ import annotations
@@ -40,33 +47,12 @@ def standardized_gram(X, device, scale=None, dtype=torch.float32) -> tuple[torch
     return (Z @ Z.T).double(), scale
 
 
-def loo_alphas(K: torch.Tensor, Y: torch.Tensor, grid: np.ndarray, groups: int = 1) -> np.ndarray:
-    """Per column group of ``Y`` (n, C), the grid penalty with the least exact leave-one-out MSE.
-
-    One eigendecomposition of ``K`` (float32 here: it only ranks the grid) serves every penalty;
-    leverages include the intercept's 1/n. Returns (C // groups,) absolute penalties.
-    """
-    n = K.shape[0]
-    with lapack_threads(K.device):
-        evals, U = torch.linalg.eigh(K.float() if n > 512 else K)
-    evals, U = evals.double().clamp_min(0.0), U.double()
-    Yc = Y - Y.mean(0)
-    UtY = U.T @ Yc  # (n, C)
-    U2 = U * U
-    errs = []
-    for a in grid:
-        shrink = evals / (evals + a)  # (n,)
-        resid = Yc - U @ (shrink[:, None] * UtY)  # (n, C)
-        hat = 1.0 / n + U2 @ shrink  # (n,)
-        err = ((resid / (1.0 - hat)[:, None]) ** 2).mean(0)  # (C,)
-        errs.append(err.reshape(-1, groups).sum(1))
-    best = torch.stack(errs).argmin(0).cpu().numpy()  # (C // groups,)
-    return np.asarray(grid, np.float64)[best]
-
-
 def heldout_predictions(K: torch.Tensor, Y: torch.Tensor, tests: torch.Tensor, alpha: float,
-                        flat: torch.Tensor | None = None) -> torch.Tensor:
-    """Test-row predictions (S, t, C) of ridge(alpha) trained on each split's other rows.
+                        flat: torch.Tensor | None = None, groups: int | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Test-row predictions (S, t, C) of ridge(alpha) trained on each split's other rows, and (when
+    ``groups`` is given) the exact leave-one-out MSE inside each split's training rows (S, C // groups),
+    summed over each group of ``groups`` consecutive columns.
 
     ``tests`` (S, t) holds each split's test rows; the training rows are all the others.
     ``flat`` (S, t * t): the test blocks' positions in ``K.view(-1)`` (computed here when not given).
@@ -82,15 +68,39 @@ def heldout_predictions(K: torch.Tensor, Y: torch.Tensor, tests: torch.Tensor, a
     if flat is None:
         flat = block_positions(tests, n)
     Gflat = G.reshape(-1)
-    out = []
+    out, errs = [], []
     for lo in range(0, len(tests), SPLIT_CHUNK):
         T = tests[lo:lo + SPLIT_CHUNK]  # (s, t)
-        GTT = Gflat[flat[lo:lo + SPLIT_CHUNK]].reshape(len(T), T.shape[1], T.shape[1])  # (s, t, t)
-        cT = c.index_select(0, T.reshape(-1)).reshape(len(T), T.shape[1], -1)  # (s, t, C)
+        s, t = T.shape
+        GTT = Gflat[flat[lo:lo + SPLIT_CHUNK]].reshape(s, t, t)  # (s, t, t)
+        cT = c.index_select(0, T.reshape(-1)).reshape(s, t, -1)  # (s, t, C)
         with lapack_threads(K.device):
-            e = torch.cholesky_solve(cT, torch.linalg.cholesky(GTT))  # (s, t, C) held-out residuals
+            L = torch.linalg.cholesky(GTT)
+            e = torch.cholesky_solve(cT, L)  # (s, t, C) held-out residuals
         out.append(Y.index_select(0, T.reshape(-1)).reshape(cT.shape) - e)
-    return torch.cat(out)
+        if groups is not None:
+            errs.append(_training_loo(G, c, T, L, e, groups))
+    return torch.cat(out), (torch.cat(errs) if groups is not None else None)
+
+
+def _training_loo(G, c, T, L, e, groups) -> torch.Tensor:
+    """Leave-one-out MSE (s, C // groups) inside each split's training rows, from the bordered
+    inverse ``G`` (n, n) on all rows, ``c = G Y`` (n, C), the test rows ``T`` (s, t), the Cholesky
+    factor ``L`` (s, t, t) of ``G_TT`` and the held-out residuals ``e`` (s, t, C)."""
+    n = G.shape[0]
+    s, t = T.shape
+    GT = G.index_select(0, T.reshape(-1)).reshape(s, t, n)  # (s, t, n) rows G_T: of each split
+    with lapack_threads(G.device):
+        V = torch.linalg.solve_triangular(L, GT, upper=False)  # (s, t, n) = L^{-1} G_T:
+    # diagonal of the training rows' bordered inverse G_RR - G_RT G_TT^{-1} G_TR; ~0 on the test rows
+    diag = G.diagonal()[None, :] - (V * V).sum(1)  # (s, n)
+    del V
+    dual = c[None] - torch.einsum("stn,stc->snc", GT, e)  # (s, n, C) training-only fit; 0 on test rows
+    train = torch.ones((s, n), dtype=torch.bool, device=G.device)
+    train.scatter_(1, T, False)
+    resid = dual / torch.where(train, diag, torch.ones_like(diag))[:, :, None]  # (s, n, C) LOO residuals
+    mse = (resid * resid * train[:, :, None]).sum(1) / (n - t)  # (s, C)
+    return mse.reshape(s, -1, groups).sum(2)
 
 
 def block_positions(tests: torch.Tensor, n: int) -> torch.Tensor:
@@ -101,25 +111,36 @@ def block_positions(tests: torch.Tensor, n: int) -> torch.Tensor:
 def ridge_split_predictions(X, Y: np.ndarray, tests: np.ndarray, *, alpha=None, alphas=None, groups: int = 1,
                             scale=None, device=None) -> tuple[np.ndarray, np.ndarray]:
     """Held-out ridge predictions (S, t, C) for every split and column of ``Y`` (n, C), and the
-    penalties used per column group (C // groups,), in units of the Gram's mean eigenvalue.
+    penalties used per split and column group (S, C // groups), in units of the Gram's mean eigenvalue.
 
-    ``alpha`` fixed (relative units) or chosen per column group by exact LOO over all questions.
+    ``alpha`` fixed (relative units), or chosen per split and column group from the grid ``alphas``
+    by exact leave-one-out inside that split's training rows (nested: test rows never seen).
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> X = rng.normal(size=(40, 10)); y = X[:, :1] + 0.1 * rng.normal(size=(40, 1))
+        >>> pred, chosen = ridge_split_predictions(X, y, np.array([[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]))
+        >>> pred.shape, chosen.shape, bool(np.corrcoef(pred[0, :, 0], y[:5, 0])[0, 1] > 0.9)
+        ((2, 5, 1), (2, 1), True)
     """
     K, _ = standardized_gram(X, device, scale)
     Yt = torch.as_tensor(Y, dtype=torch.float64, device=K.device)
     # the penalties' unit: the mean eigenvalue of the centred Gram matrix (1 when the activations do
     # not vary at all, e.g. layer 0 at the readout token: every prediction is then the training mean)
     unit = float(torch.trace(K)) / K.shape[0] or 1.0
-    if alpha is not None:
-        chosen = np.full(Y.shape[1] // groups, float(alpha) * unit)
-    else:
-        grid = np.asarray(ALPHA_GRID if alphas is None else alphas, np.float64) * unit
-        chosen = loo_alphas(K, Yt, grid, groups)
     T = torch.as_tensor(tests, device=K.device)
-    preds = torch.empty((len(tests), tests.shape[1], Y.shape[1]), dtype=torch.float64, device=K.device)
     flat = block_positions(T, K.shape[0])
-    per_column = np.repeat(chosen, groups)
-    for a in np.unique(per_column):
-        cols = torch.as_tensor(np.flatnonzero(per_column == a), device=K.device)
-        preds[:, :, cols] = heldout_predictions(K, Yt[:, cols], T, float(a), flat)
-    return preds.cpu().numpy(), chosen / unit
+    if alpha is not None:
+        preds, _ = heldout_predictions(K, Yt, T, float(alpha) * unit, flat)
+        return preds.cpu().numpy(), np.full((len(tests), Y.shape[1] // groups), float(alpha))
+    grid = np.asarray(ALPHA_GRID if alphas is None else alphas, np.float64)
+    best = torch.full((len(tests), Y.shape[1] // groups), float("inf"), dtype=torch.float64, device=K.device)
+    index = torch.zeros(best.shape, dtype=torch.long, device=K.device)
+    preds = torch.zeros((len(tests), tests.shape[1], Y.shape[1]), dtype=torch.float64, device=K.device)
+    for i, a in enumerate(grid):
+        pred, err = heldout_predictions(K, Yt, T, float(a) * unit, flat, groups)
+        better = err < best  # (S, C // groups): the first grid penalty wins ties, as in RidgeCV
+        best = torch.where(better, err, best)
+        index[better] = i
+        preds = torch.where(better.repeat_interleave(groups, dim=1)[:, None, :], pred, preds)
+    return preds.cpu().numpy(), grid[index.cpu().numpy()]

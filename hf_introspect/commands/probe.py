@@ -19,9 +19,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--splits", type=int, default=100, help="random train/test splits by question (default 100)")
     parser.add_argument("--test_size", type=float, default=0.2, help="share of questions held out (default 0.2)")
     parser.add_argument("--method", default="ridge", choices=("ridge", "logistic", "ep"),
-                        help="ridge (default: all dimensions; penalty by leave-one-out over all the questions, once "
-                             "per layer, so it has seen the test labels: slightly optimistic, the null gets the same "
-                             "choice), "
+                        help="ridge (default: all dimensions; penalty chosen inside each training split by "
+                             "leave-one-out over its training questions only, never the test labels; each permuted "
+                             "copy chooses its own), "
                              "logistic, or ep (the reference: scaler -> PCA(100) -> Ridge(1000); PCA(256) + "
                              "logistic for classes)")
     parser.add_argument("--permutations", type=int, default=100,

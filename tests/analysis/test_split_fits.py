@@ -85,6 +85,55 @@ def test_ridge_shared_gram_equals_one_fit_per_split():
     np.testing.assert_allclose(ours.scores, ref, atol=1e-6)
 
 
+def test_ridge_penalty_is_chosen_inside_each_training_split():
+    """The default penalty equals a strictly nested loop: per split, RidgeCV's exact LOO over the
+    training rows alone (same grid, same label-free scaling), fitted on train, scored on test; the
+    permuted copies each get their own choice per split."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.metrics import r2_score
+
+    from hf_introspect.analysis.linear_probe import ALPHA_GRID
+
+    rng, X, y = planted(n=80, d=120, r2=0.4, seed=11)
+    splits = make_splits(80, n_splits=12, seed=2)
+    ours = score_splits(X, y, splits, permutations=3, seed=4)
+    Z = (X - X.mean(0)) / X.std(0)
+    unit = np.sum(Z ** 2) / len(Z)
+    perm_rng = np.random.default_rng(4)
+    columns = [y] + [y[perm_rng.permutation(80)] for _ in range(3)]
+    scores, chosen = np.empty((12, 4)), np.empty((12, 4))
+    for s, (tr, te) in enumerate(splits):
+        for c, target in enumerate(columns):
+            ref = RidgeCV(alphas=ALPHA_GRID * unit, fit_intercept=True).fit(Z[tr], target[tr])
+            scores[s, c] = r2_score(target[te], ref.predict(Z[te]))
+            chosen[s, c] = ref.alpha_ / unit
+    np.testing.assert_allclose(ours.extra["alpha"], chosen[:, 0], rtol=1e-9)
+    np.testing.assert_allclose(ours.extra["null_alpha"], chosen[:, 1:], rtol=1e-9)
+    np.testing.assert_allclose(ours.scores, scores[:, 0], atol=1e-6)
+    np.testing.assert_allclose(ours.null, scores[:, 1:].mean(0), atol=1e-6)
+    assert len(np.unique(chosen)) > 1  # the choice really differs between splits/copies here
+
+
+def test_ridge_nested_penalty_for_classes_equals_ridgeclassifiercv():
+    from sklearn.linear_model import RidgeClassifierCV
+
+    from hf_introspect.analysis.linear_probe import ALPHA_GRID
+
+    rng, X, y = planted(n=90, d=60, r2=0.5, seed=12)
+    letters = np.array(list("ABC"))[np.digitize(y, np.quantile(y, [0.33, 0.66]))]
+    splits = make_splits(90, n_splits=6, seed=1)
+    ours = score_splits(X, letters, splits, task="multiclass")
+    Z = (X - X.mean(0)) / X.std(0)
+    unit = np.sum(Z ** 2) / len(Z)
+    accuracy, chosen = [], []
+    for tr, te in splits:
+        ref = RidgeClassifierCV(alphas=ALPHA_GRID * unit).fit(Z[tr], letters[tr])
+        accuracy.append(np.mean(ref.predict(Z[te]) == letters[te]))
+        chosen.append(ref.alpha_ / unit)
+    np.testing.assert_allclose(ours.extra["alpha"], chosen, rtol=1e-9)
+    np.testing.assert_allclose(ours.scores, accuracy, atol=1e-12)
+
+
 def test_planted_signal_null_and_shuffled_target():
     rng, X, y = planted(n=300, d=40, r2=0.6)
     splits = make_splits(300, n_splits=30, seed=0)

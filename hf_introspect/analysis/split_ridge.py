@@ -26,6 +26,8 @@ import torch
 
 from .linear_probe import ALPHA_GRID, SCALE_FLOOR, lapack_threads
 
+FREE_PENALTY = 1e-6  # penalty of the ``free`` columns relative to the activations' (a rare one-hot
+# column absent from a training split then gets weight 0 instead of a singular system)
 SPLIT_CHUNK = 25  # splits solved together: (chunk, t, n) float64 stays ~40 MB at n = 1000
 
 
@@ -48,22 +50,22 @@ def standardized_gram(X, device, scale=None, dtype=torch.float32) -> tuple[torch
 
 
 def heldout_predictions(K: torch.Tensor, Y: torch.Tensor, tests: torch.Tensor, alpha: float,
-                        flat: torch.Tensor | None = None, groups: int | None = None
-                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                        flat: torch.Tensor | None = None, groups: int | None = None,
+                        free: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Test-row predictions (S, t, C) of ridge(alpha) trained on each split's other rows, and (when
     ``groups`` is given) the exact leave-one-out MSE inside each split's training rows (S, C // groups),
     summed over each group of ``groups`` consecutive columns.
 
     ``tests`` (S, t) holds each split's test rows; the training rows are all the others.
     ``flat`` (S, t * t): the test blocks' positions in ``K.view(-1)`` (computed here when not given).
+    ``free`` (n, f): columns fitted beside the intercept and (almost) unpenalised (``FREE_PENALTY``).
     """
     n = K.shape[0]
     A = K.clone()
     A.diagonal().add_(alpha)
     with lapack_threads(K.device):
         Ainv = torch.cholesky_inverse(torch.linalg.cholesky(A))  # (n, n)
-    a1 = Ainv.sum(1)
-    G = Ainv - torch.outer(a1, a1) / a1.sum()  # (n, n) block of the bordered inverse (intercept)
+    G = _bordered(Ainv, free)  # (n, n) block of the bordered inverse (intercept and free columns)
     c = G @ Y  # (n, C) dual coefficients of the fit on all rows
     if flat is None:
         flat = block_positions(tests, n)
@@ -81,6 +83,19 @@ def heldout_predictions(K: torch.Tensor, Y: torch.Tensor, tests: torch.Tensor, a
         if groups is not None:
             errs.append(_training_loo(G, c, T, L, e, groups))
     return torch.cat(out), (torch.cat(errs) if groups is not None else None)
+
+
+def _bordered(Ainv: torch.Tensor, free: torch.Tensor | None) -> torch.Tensor:
+    """(n, n) top-left block of the inverse of ``[[K + aI, F], [F^T, -D]]``, ``F = [1, free]`` (n, 1 + f),
+    ``D = diag(0, FREE_PENALTY, ...)``: ``Ainv - P (F^T P + D)^{-1} P^T`` with ``P = Ainv F``."""
+    if free is None:  # intercept only: a rank-one update
+        a1 = Ainv.sum(1)
+        return Ainv - torch.outer(a1, a1) / a1.sum()
+    F = torch.cat([torch.ones((Ainv.shape[0], 1), dtype=Ainv.dtype, device=Ainv.device), free], 1)  # (n, 1 + f)
+    P = Ainv @ F  # (n, 1 + f)
+    D = torch.full((F.shape[1],), FREE_PENALTY, dtype=Ainv.dtype, device=Ainv.device)
+    D[0] = 0.0  # the intercept stays exactly unpenalised
+    return Ainv - P @ torch.linalg.solve(F.T @ P + torch.diag(D), P.T)
 
 
 def _training_loo(G, c, T, L, e, groups) -> torch.Tensor:
@@ -109,12 +124,14 @@ def block_positions(tests: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def ridge_split_predictions(X, Y: np.ndarray, tests: np.ndarray, *, alpha=None, alphas=None, groups: int = 1,
-                            scale=None, device=None) -> tuple[np.ndarray, np.ndarray]:
+                            scale=None, device=None, free=None) -> tuple[np.ndarray, np.ndarray]:
     """Held-out ridge predictions (S, t, C) for every split and column of ``Y`` (n, C), and the
     penalties used per split and column group (S, C // groups), in units of the Gram's mean eigenvalue.
 
     ``alpha`` fixed (relative units), or chosen per split and column group from the grid ``alphas``
     by exact leave-one-out inside that split's training rows (nested: test rows never seen).
+    ``free`` (n, f): extra columns (e.g. standardised surface features) fitted beside ``X`` with a
+    penalty ``FREE_PENALTY`` times the activations' (in effect unpenalised, like the intercept).
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -130,15 +147,17 @@ def ridge_split_predictions(X, Y: np.ndarray, tests: np.ndarray, *, alpha=None, 
     unit = float(torch.trace(K)) / K.shape[0] or 1.0
     T = torch.as_tensor(tests, device=K.device)
     flat = block_positions(T, K.shape[0])
+    if free is not None:
+        free = torch.as_tensor(np.asarray(free, np.float64).reshape(len(Y), -1), device=K.device)
     if alpha is not None:
-        preds, _ = heldout_predictions(K, Yt, T, float(alpha) * unit, flat)
+        preds, _ = heldout_predictions(K, Yt, T, float(alpha) * unit, flat, free=free)
         return preds.cpu().numpy(), np.full((len(tests), Y.shape[1] // groups), float(alpha))
     grid = np.asarray(ALPHA_GRID if alphas is None else alphas, np.float64)
     best = torch.full((len(tests), Y.shape[1] // groups), float("inf"), dtype=torch.float64, device=K.device)
     index = torch.zeros(best.shape, dtype=torch.long, device=K.device)
     preds = torch.zeros((len(tests), tests.shape[1], Y.shape[1]), dtype=torch.float64, device=K.device)
     for i, a in enumerate(grid):
-        pred, err = heldout_predictions(K, Yt, T, float(a) * unit, flat, groups)
+        pred, err = heldout_predictions(K, Yt, T, float(a) * unit, flat, groups, free)
         better = err < best  # (S, C // groups): the first grid penalty wins ties, as in RidgeCV
         best = torch.where(better, err, best)
         index[better] = i

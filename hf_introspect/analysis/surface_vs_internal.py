@@ -6,7 +6,8 @@ On the same splits (by question) and for each layer:
   ``token_length``, ``has_negation``, ``has_ambiguity``, ``token_rarity_mean``, ``token_rarity_max``
   and ``question_type`` one-hot): one score for the run, the floor a probe must beat;
 - ``activations``: from the layer's activations alone (the probe of ``probe``);
-- ``both``: from the activations and the surface features side by side;
+- ``both``: from the activations and the surface features side by side (``ridge``: the surface
+  columns unpenalised, like the intercept, so ``both`` is never worse than ``surface`` by shrinkage);
 - ``unique`` = score(both) - score(surface): what the activations add to the surface;
 - ``residual`` (numeric targets): the activations' R^2 on the target with the surface features
   regressed out (ordinary least squares on all questions with a value; a dozen parameters, so the
@@ -155,7 +156,12 @@ def surface_sweep(data, pass_name: str, target: str, *, position="answer", layer
             continue
         a_score, a_ci, a_null, a_p = _summ(score_splits(X, y, splits, permutations=permutations, **fit))
         Sz = ((S - S.mean(0)) / S.std(0)).astype(np.float32)             # (n, k) on the activations' footing
-        b_score, b_ci, _, _ = _summ(score_splits(np.hstack([X, Sz]), y, splits, permutations=0, **fit))
+        if method == "ridge":  # surface columns unpenalised beside the intercept: penalised like any of
+            # ~1000 activation dimensions they were shrunk away, and "both" scored below "surface" alone
+            both = score_splits(X, y, splits, permutations=0, free=Sz.astype(np.float64), **fit)
+        else:
+            both = score_splits(np.hstack([X, Sz]), y, splits, permutations=0, **fit)
+        b_score, b_ci, _, _ = _summ(both)
         if resid is not None:
             r_score, r_ci, r_null, r_p = _summ(score_splits(X, resid, splits, permutations=permutations, **fit))
         else:

@@ -154,6 +154,20 @@ def test_ridge_free_columns_equal_a_primal_fit_with_them_unpenalised():
     np.testing.assert_allclose(ours.scores, ref, atol=1e-6)
 
 
+def test_free_one_hot_absent_from_a_training_split_gets_weight_zero():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 30))
+    y = X[:, 0] + rng.normal(size=60)
+    F = np.zeros((60, 1))
+    F[7, 0] = 1.0  # a question_type level held by one question
+    splits = make_splits(60, 10, seed=0)
+    held = [i for i, (_, te) in enumerate(splits) if 7 in te]
+    assert held  # the level is missing from these training splits: an unpenalised fit would be singular
+    with_f = score_splits(X, y, splits, alpha=1.0, free=F).scores
+    without = score_splits(X, y, splits, alpha=1.0).scores
+    np.testing.assert_allclose(with_f[held], without[held], atol=1e-6)  # its weight is ~0 there
+
+
 def test_unpenalised_surface_columns_never_lose_to_the_surface_alone():
     """The review's case: a target mostly from a dozen surface columns plus a little of one activation
     dimension among 1,000; penalised like activations, the surface columns scored 0.23 vs 0.69 alone."""

@@ -51,7 +51,9 @@ def load_run_model(run_config: dict | None, *, model: str | None = None, lora_ch
     if adapter and not Path(adapter).exists():
         raise UserError(f"the run's adapter {adapter} cannot be found; pass --lora_checkpoint DIR pointing to it")
     lm = load_model(_model_arg(recorded, model), lora_checkpoint=adapter, dtype=dtype or recorded.get("torch_dtype", "auto"),
-                    device=device, device_map=device_map)
+                    device=device, device_map=device_map,
+                    # a run collected with --allow_missing_weights re-loads the same checkpoint the same way
+                    allow_missing_weights=bool(recorded.get("weights_not_loaded")))
     for key, what, flag in (("model_fingerprint", "model", "--model"), ("adapter_fingerprint", "adapter", "--lora_checkpoint")):
         want, got = recorded.get(key), lm.identity.get(key)
         if want and want != "unknown" and got != want:

@@ -51,11 +51,7 @@ FACADE = {
 
 # Edges that break the rules today, each to be fixed by its owner: the checks skip them, and an
 # entry that no longer exists fails test_known_violations_still_exist (remove it then).
-KNOWN_VIOLATIONS = {
-    # jsonable now lives in hf_introspect.analysis.serialize: import it from there
-    ("hf_introspect.analysis.direction_sweep", "hf_introspect.commands.analysis_common"),
-    ("hf_introspect.analysis.transfer_sweep", "hf_introspect.commands.analysis_common"),
-}
+KNOWN_VIOLATIONS: set[tuple[str, str]] = set()
 
 
 def module_name(path: Path) -> str:

@@ -91,7 +91,7 @@ class DirectionSweep:
         return D.cosine_matrix(A, None if other is None else self.dirs.get(other, kind)[self.layers])
 
     def to_json(self) -> dict:
-        from ..commands.analysis_common import jsonable
+        from .serialize import jsonable
 
         within = {p: {k: self.layer_matrix(p, k) for k in KINDS} for p in self.passes}
         across = {f"{a}~{b}": {k: self.layer_matrix(a, k, b) for k in KINDS} for a, b in combinations(self.passes, 2)}

@@ -49,7 +49,7 @@ class TransferResult:
     method: str = "ep"
 
     def to_json(self) -> dict:
-        from ..commands.analysis_common import jsonable
+        from .serialize import jsonable
 
         return jsonable(self)
 

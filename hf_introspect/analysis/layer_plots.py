@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .figures import save_png
+
 METRIC_LABEL = {"r2": "test R$^2$", "auroc": "test AUROC", "accuracy": "test accuracy"}
 
 
@@ -85,9 +87,4 @@ def plot_layer_curves(results, path, title: str | None = None, compare=None, lab
                 axes[i, j].set_ylim(min(lo for lo, _ in lims), max(hi for _, hi in lims))
     fig.suptitle(title or "probe score by layer (band: 95% over splits; hatched: permutation null to its 95th pct)",
                  fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=90)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..figures import save_png
+
 
 def _pyplot():
     import matplotlib
@@ -47,12 +49,7 @@ def plot_steering(result, path) -> Path:
         ax.axis("off")
     axes.ravel()[0].legend(fontsize=7, loc="best")
     fig.suptitle(f"steering {result.pass_name}, {result.n_questions} questions", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=110)
 
 
 def plot_patching(result, path) -> Path:
@@ -76,9 +73,4 @@ def plot_patching(result, path) -> Path:
     ax.set_ylabel("normalised shift")
     ax.set_title(f"patching {result.source_pass} -> {result.target_pass}, {result.n_pairs} pairs", fontsize=10)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=110)

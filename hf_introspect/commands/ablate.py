@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import argparse
 
-from .analysis_common import add_run_arguments, emit, jsonable, open_from_args
-from .causal_common import (add_causal_arguments, check_counts, load_model_for, mcq_entropy, model_layers, progress_rows,
-                            run_shape, with_mcq)
+from .analysis_common import add_run_arguments, emit, jsonable
+from .causal_common import add_causal_arguments, load_model_for, mcq_entropy, open_with_directions, runner_options, with_mcq
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,20 +18,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from ..analysis.causal.ablate import ablate
     from ..analysis.causal.pass_inputs import pass_inputs
-    from ..analysis.causal.vectors import tested_directions
 
-    check_counts(args)
-    data = open_from_args(args)
-    num_layers, hidden = run_shape(data)
-    layers = model_layers(args.layers, num_layers)
-    dirs = tested_directions(args.directions, layers, num_layers, hidden, pass_name=args.direction_pass,
-                             method=args.direction_method)
+    data, _, dirs = open_with_directions(args)
     rows, mcq_rows = with_mcq(data, args.pass_name, args.num_questions)
     inputs = pass_inputs(data, args.pass_name, rows)
     entropy = mcq_entropy(data, mcq_rows)
     lm = load_model_for(args, data)
-    result = ablate(lm, inputs, dirs, entropy, controls=args.controls, seed=args.seed, batch_size=args.batch_size,
-                    reuse_prefix=not args.no_prefix_reuse, progress=progress_rows(args))
+    result = ablate(lm, inputs, dirs, entropy, **runner_options(args))
     return emit(args, jsonable(result.to_json()), summary(result))
 
 

@@ -122,3 +122,27 @@ def progress_rows(args):
         return None
     bar = tqdm(unit=" readouts", desc="readouts", leave=False)
     return bar.update
+
+
+def open_with_directions(args):
+    """Open the run (after ``check_counts``) and the tested directions at ``--layers``: (data, layers, dirs).
+
+    The steer and ablate commands start the same way: model layers from ``--layers``, one direction a
+    layer from ``--directions`` (filtered by ``--direction_pass`` / ``--direction_method``).
+    """
+    from ..analysis.causal.vectors import tested_directions
+    from .analysis_common import open_from_args
+
+    check_counts(args)
+    data = open_from_args(args)
+    num_layers, hidden = run_shape(data)
+    layers = model_layers(args.layers, num_layers)
+    dirs = tested_directions(args.directions, layers, num_layers, hidden, pass_name=args.direction_pass,
+                             method=args.direction_method)
+    return data, layers, dirs
+
+
+def runner_options(args) -> dict:
+    """The keyword arguments every causal experiment (steer, ablate, patch) takes from the shared flags."""
+    return {"controls": args.controls, "seed": args.seed, "batch_size": args.batch_size,
+            "reuse_prefix": not args.no_prefix_reuse, "progress": progress_rows(args)}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from .analysis_common import emit, jsonable, open_from_args, plots_dir
-from .causal_common import (add_causal_arguments, check_counts, load_model_for, mcq_entropy, progress_rows, run_shape,
+from .causal_common import (add_causal_arguments, check_counts, load_model_for, mcq_entropy, run_shape, runner_options,
                             with_mcq)
 
 
@@ -50,8 +50,7 @@ def run(args) -> int:
     donors = {layer: data.matrix(args.source_pass, layer, "answer", rows=src_rows) for layer in layers}
     entropy = mcq_entropy(data, mcq_rows)
     lm = load_model_for(args, data)
-    result = patch(lm, inputs, donors, entropy, controls=args.controls, seed=args.seed, source_pass=args.source_pass,
-                   batch_size=args.batch_size, reuse_prefix=not args.no_prefix_reuse, progress=progress_rows(args))
+    result = patch(lm, inputs, donors, entropy, source_pass=args.source_pass, **runner_options(args))
     folder = plots_dir(args)
     if folder is not None:
         plot_patching(result, folder / f"patch_{args.source_pass}_to_{args.target_pass}.png")

@@ -6,9 +6,8 @@ from __future__ import annotations
 import argparse
 import re
 
-from .analysis_common import add_run_arguments, emit, jsonable, open_from_args, plots_dir
-from .causal_common import (add_causal_arguments, check_counts, load_model_for, model_layers, parse_numbers, progress_rows,
-                            run_shape)
+from .analysis_common import add_run_arguments, emit, jsonable, plots_dir
+from .causal_common import add_causal_arguments, load_model_for, open_with_directions, parse_numbers, runner_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,20 +28,13 @@ def run(args) -> int:
     from ..analysis.causal.pass_inputs import pass_inputs, readout_norms
     from ..analysis.causal.plots import plot_steering
     from ..analysis.causal.steer import steer
-    from ..analysis.causal.vectors import tested_directions
 
     strengths = parse_numbers(args.strengths, "--strengths")
-    check_counts(args)
-    data = open_from_args(args)
-    num_layers, hidden = run_shape(data)
-    layers = model_layers(args.layers, num_layers)
-    dirs = tested_directions(args.directions, layers, num_layers, hidden, pass_name=args.direction_pass,
-                             method=args.direction_method)
+    data, layers, dirs = open_with_directions(args)
     units = None if args.raw_strength else readout_norms(data, args.pass_name, layers)
     inputs = pass_inputs(data, args.pass_name, np.arange(min(args.num_questions, data.n_questions(args.pass_name))))
     lm = load_model_for(args, data)
-    result = steer(lm, inputs, dirs, strengths, units=units, controls=args.controls, seed=args.seed,
-                   batch_size=args.batch_size, reuse_prefix=not args.no_prefix_reuse, progress=progress_rows(args))
+    result = steer(lm, inputs, dirs, strengths, units=units, **runner_options(args))
     folder = plots_dir(args)
     if folder is not None:
         plot_steering(result, folder / f"steer_{args.pass_name}.png")

@@ -88,10 +88,6 @@ class ProbeResult:
         return None if self.best_layer is None else self.layer(self.best_layer)
 
 
-def _task(kind: str) -> str:
-    return kind  # Target.kind uses the engine's task names: regression | binary | multiclass
-
-
 def _meandiff_split_scores(X: np.ndarray, y: np.ndarray, kind: str, splits) -> float:
     """Mean over splits of the test score of the training questions' mean-diff direction (NaN for classes)."""
     from .directions import meandiff_direction, projection_r2
@@ -101,16 +97,11 @@ def _meandiff_split_scores(X: np.ndarray, y: np.ndarray, kind: str, splits) -> f
     scores = []
     for train, test in splits:
         try:
-            if kind == "binary":
-                pos, neg = y[train] > 0.5, y[train] <= 0.5
-                if not pos.any() or not neg.any():
-                    continue
-                d = X[train][pos].mean(0) - X[train][neg].mean(0)
-                scores.append(stats.auroc(X[test] @ d, y[test]))
-            else:
-                d = meandiff_direction(X[train], y[train])
-                scores.append(projection_r2(X[test], y[test], d))
-        except UserError:  # a training split whose quartiles coincide: no direction there
+            # a binary target splits positives vs negatives inside meandiff_direction
+            d = meandiff_direction(X[train], y[train])
+            scores.append(stats.auroc(X[test] @ d, y[test]) if kind == "binary"
+                          else projection_r2(X[test], y[test], d))
+        except UserError:  # a training split with one class, or whose quartiles coincide: no direction there
             continue
     scores = np.asarray(scores, dtype=np.float64)
     return float(np.nanmean(scores)) if np.isfinite(scores).any() else float("nan")
@@ -124,11 +115,8 @@ def _direction_cosine(X: np.ndarray, y: np.ndarray, kind: str, method: str) -> f
     if kind == "multiclass":
         return float("nan")
     try:
-        probe_dir = fit_probe(X, y, method=method, task=_task(kind)).direction
-        if kind == "binary":
-            md = X[y > 0.5].mean(0) - X[y <= 0.5].mean(0)
-        else:
-            md = meandiff_direction(X, y)
+        probe_dir = fit_probe(X, y, method=method, task=kind).direction  # Target.kind names the engine's task
+        md = meandiff_direction(X, y)
     except UserError:
         return float("nan")
     return cosine(probe_dir, md)
@@ -181,7 +169,7 @@ def probe_sweep(data, pass_name: str, target: str, *, position="answer", layers=
     layers = data.check_layers(pass_name, list(layers) if layers is not None else data.layers(pass_name))
     data.position_rows(pass_name, position)                         # a missing position fails before any fit
     splits = make_splits(len(y), n_splits=n_splits, test_size=test_size, seed=seed)
-    task = _task(tgt.kind)
+    task = tgt.kind
     rows_out = []
     for layer in layers:
         X = data.matrix(pass_name, layer, position, rows=valid)     # (n, hidden) float32

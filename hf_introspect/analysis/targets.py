@@ -23,10 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import UserError
+from ..passes import ANSWER_LABELS
 
 DERIVED = ("logit_gap", "top_prob", "top_logit")
 LETTER_COLUMNS = ("parsed_answer", "correct_answer_letter")
-LETTERS = np.array(["A", "B", "C", "D"])
+LETTERS = np.array(ANSWER_LABELS)  # the option letters: one owner, hf_introspect.passes
 
 
 @dataclass

@@ -23,3 +23,33 @@ def align(ids_a, ids_b) -> tuple[np.ndarray, np.ndarray]:
     _, ia, ib = np.intersect1d(a, b, assume_unique=True, return_indices=True)
     order = np.argsort(ia, kind="stable")
     return ia[order].astype(np.int64), ib[order].astype(np.int64)
+
+
+_NO_SHARED = "the two runs share no question id; compare runs collected on the same questions"
+
+
+def shared_rows(data_a, data_b, pass_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of each run's pass holding the questions both runs have, paired by id (``data_a``'s order).
+
+    Example:
+        >>> shared_rows(data, other, "mcq")   # doctest: +SKIP
+        (array([0, 2]), array([1, 0]))
+    """
+    data_b.split(pass_name)  # a pass the other run lacks fails here, naming it
+    rows_a, rows_b = align(data_a.question_ids(pass_name), data_b.question_ids(pass_name))
+    if len(rows_a) == 0:
+        raise UserError(_NO_SHARED)
+    return rows_a, rows_b
+
+
+def shared_question_ids(data_a, data_b, pass_name: str) -> list[str]:
+    """The question ids both runs' pass holds, sorted (the order the comparison sweeps use).
+
+    Example:
+        >>> shared_question_ids(data, other, "mcq")   # doctest: +SKIP
+        ['q0', 'q2']
+    """
+    shared = set(data_a.question_ids(pass_name)) & set(data_b.question_ids(pass_name))
+    if not shared:
+        raise UserError(_NO_SHARED)
+    return sorted(shared)

@@ -60,14 +60,9 @@ def _fmt(x, digits: int = 3) -> str:
 
 
 def _shared_rows(data, other, pass_name):
-    from .ids import align
+    from .ids import shared_rows
 
-    if other is None:
-        return None, None
-    a, b = align(data.question_ids(pass_name), other.question_ids(pass_name))
-    if len(a) == 0:
-        raise UserError("the two runs share no question id; compare runs collected on the same questions")
-    return a, b
+    return (None, None) if other is None else shared_rows(data, other, pass_name)
 
 
 class _Writer:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..analysis.ids import shared_question_ids
 from ..errors import UserError
 from .analysis_common import jsonable, parse_layer_spec, plots_dir
 
@@ -85,11 +86,9 @@ def run(args) -> int:
         for p in passes:
             other_data.split(p)
             other_data.check_layers(p, layers)
-        shared = set(data.question_ids(passes[0])) & set(other_data.question_ids(passes[0]))
-        if not shared:
-            raise UserError("the two runs share no question id; compare runs collected on the same questions")
-        sweep = _sweep(data, args, passes, layers, sorted(shared))
-        other = _sweep(other_data, args, passes, layers, sorted(shared))
+        shared = shared_question_ids(data, other_data, passes[0])
+        sweep = _sweep(data, args, passes, layers, shared)
+        other = _sweep(other_data, args, passes, layers, shared)
         comparison = ds.compare_runs(sweep, other)
     else:
         sweep = _sweep(data, args, passes, layers)

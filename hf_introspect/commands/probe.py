@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 
+from ..analysis.ids import shared_rows
 from ..errors import UserError
 from .analysis_common import add_run_arguments, emit, layers_from_args, open_from_args, plots_dir
 
@@ -38,17 +39,6 @@ def targets_of(spec: str) -> list[str]:
     return names
 
 
-def shared_rows(data_a, data_b, pass_name: str):
-    """Rows of each run's pass holding the questions both runs have, paired by question id."""
-    from ..analysis.data import align
-
-    data_b.split(pass_name)
-    rows_a, rows_b = align(data_a.question_ids(pass_name), data_b.question_ids(pass_name))
-    if len(rows_a) == 0:
-        raise UserError("the two runs share no question id; compare runs collected on the same questions")
-    return rows_a, rows_b
-
-
 def sweep_all(data, args, targets, layers, rows=None):
     from ..analysis.layer_sweep import probe_sweep
 
@@ -67,7 +57,7 @@ def run(args) -> int:
     if args.compare_with:
         other_data = open_from_args(args, args.compare_with)
         other_data.check_layers(args.pass_name, layers)
-        rows_a, rows_b = shared_rows(data, other_data, args.pass_name)
+        rows_a, rows_b = shared_rows(data, other_data, args.pass_name)  # analysis.ids
         results = sweep_all(data, args, targets, layers, rows_a)
         other = sweep_all(other_data, args, targets, layers, rows_b)
     else:

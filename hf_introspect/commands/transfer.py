@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+from ..analysis.ids import shared_question_ids
 from ..errors import UserError
 from .analysis_common import parse_layer_spec, plots_dir
 
@@ -59,11 +60,9 @@ def run(args) -> int:
     other = None
     if args.compare_with:
         other_data = open_run_data(args.compare_with, args.compare_config or args.config)
-        shared = set(data.question_ids(args.train)) & set(other_data.question_ids(args.train))
-        if not shared:
-            raise UserError("the two runs share no question id; compare runs collected on the same questions")
-        result = _sweep(data, args, tests, layers, sorted(shared))
-        other = _sweep(other_data, args, tests, layers, sorted(shared))
+        shared = shared_question_ids(data, other_data, args.train)
+        result = _sweep(data, args, tests, layers, shared)
+        other = _sweep(other_data, args, tests, layers, shared)
     else:
         result = _sweep(data, args, tests, layers)
     written = []

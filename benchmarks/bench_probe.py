@@ -13,7 +13,9 @@ Sides, on the same splits (``make_splits(1000, 100, 0.2, seed)``):
   (``--sk_layers`` x ``--sk_splits``) and the full time is extrapolated (printed as such).
 * **ep**: ``score_splits(method="ep")``, the same pipeline (ours), on the subset's layers x all splits;
   R^2 compared with sklearn's on the shared splits.
-* **ridge** (default method): all layers x all splits, with and without a permutation null.
+* **ridge** (default method): all layers x all splits, with and without a permutation null; its
+  penalty criterion (GCV) vs exact leave-one-out on a few layers; and ``probe_sweep``, the whole
+  per-layer work of the ``probe`` command (splits, null, mean-diff split scores, probe/mean-diff cosine).
 
     python benchmarks/bench_probe.py                  # ~5-10 min on the 2-core CPU
     python benchmarks/bench_probe.py --quick          # smaller subset, no full ep pass
@@ -77,8 +79,40 @@ def load() -> str:
     return "load %.1f" % os.getloadavg()[0]
 
 
-def sklearn_scores(X16: np.ndarray, y: np.ndarray, splits) -> tuple[np.ndarray, float]:
-    """The reference loop on one layer: R^2 per split and the seconds it took."""
+class RawRun:
+    """The raw float16 file behind the ``RunData`` calls ``probe_sweep`` makes (one pass, one position),
+    so the sweep the ``probe`` command runs is timed on 8B-shaped layers read one at a time."""
+
+    def __init__(self, path: Path, y: np.ndarray):
+        from hf_introspect.analysis.targets import Target
+
+        self.path, self.source = path, str(path)
+        self._target = Target("entropy", "regression", y, np.ones(len(y), dtype=bool))
+
+    def target(self, pass_name, spec):
+        return self._target
+
+    def n_questions(self, pass_name):
+        return N
+
+    def layers(self, pass_name):
+        return list(range(LAYERS))
+
+    def check_layers(self, pass_name, layers):
+        return list(layers)
+
+    def position_rows(self, pass_name, position="answer"):
+        return None
+
+    def matrix(self, pass_name, layer, position="answer", rows=None):
+        X = read_layer(self.path, layer).astype(np.float32)  # (n, d), as RunData.matrix returns
+        return X if rows is None else X[rows]
+
+
+def sklearn_scores(X16: np.ndarray, y: np.ndarray, splits, svd_solver: str = "auto") -> tuple[np.ndarray, float]:
+    """The reference loop on one layer: R^2 per split and the seconds it took. ``svd_solver="auto"``
+    is how the reference runs it (randomized PCA at this shape: itself an approximation);
+    ``"full"`` is the exact pipeline the equality check compares against."""
     from sklearn.decomposition import PCA
     from sklearn.linear_model import Ridge
     from sklearn.metrics import r2_score
@@ -89,7 +123,7 @@ def sklearn_scores(X16: np.ndarray, y: np.ndarray, splits) -> tuple[np.ndarray, 
     X = X16.astype(np.float32)
     out = []
     for train, test in splits:
-        model = Pipeline([("scale", StandardScaler()), ("pca", PCA(100)), ("ridge", Ridge(alpha=1000.0))])
+        model = Pipeline([("scale", StandardScaler()), ("pca", PCA(100, svd_solver=svd_solver)), ("ridge", Ridge(alpha=1000.0))])
         model.fit(X[train], y[train])
         out.append(r2_score(y[test], model.predict(X[test])))
     return np.array(out), time.perf_counter() - t0
@@ -139,7 +173,8 @@ def main(argv=None) -> int:
         t1 = time.perf_counter()
         ep = score_splits(X16, y, splits, method="ep")
         ep_time += time.perf_counter() - t1
-        rows.append((layer, sk.mean(), ep.scores[:len(sub)].mean(), ep.scores.mean(), dt / len(sub)))
+        sk_full, _ = sklearn_scores(X16, y, sub, svd_solver="full")
+        rows.append((layer, sk.mean(), ep.scores[:len(sub)].mean(), ep.scores.mean(), dt / len(sub), sk_full))
         # the default's layer-wide standardisation and LOO penalty vs a strictly nested fit per split
         from sklearn.metrics import r2_score
 
@@ -148,17 +183,19 @@ def main(argv=None) -> int:
         nested_gap.append(float(np.mean(shared) - np.mean(nested)))
         same = ep.scores[:len(sub)]
         print(f"  layer {layer:2d}: sklearn R^2 {sk.mean():.4f} ({dt / len(sub):.3f} s/split), ep same splits "
-              f"{same.mean():.4f} (diff {same.mean() - sk.mean():+.1e}, max per split {np.abs(same - sk).max():.1e}), "
-              f"ep {args.splits} splits {ep.scores.mean():.4f}; {load()}")
+              f"{same.mean():.4f} (diff {same.mean() - sk.mean():+.1e}, max per split {np.abs(same - sk).max():.1e}); "
+              f"sklearn exact PCA {sk_full.mean():.4f} (ep diff {same.mean() - sk_full.mean():+.1e}, max per split "
+              f"{np.abs(same - sk_full).max():.1e}); ep {args.splits} splits {ep.scores.mean():.4f}; {load()}")
     sk_per = sk_time / (len(sk_layers) * len(sub))
     ep_per = ep_time / (len(sk_layers) * len(splits))
     print(f"sklearn loop: {sk_per:.3f} s per split x layer (measured on {len(sk_layers)} layers x {len(sub)} splits); "
           f"extrapolated to {LAYERS} x {args.splits}: {sk_per * LAYERS * args.splits / 60:.1f} min")
     print(f"ep (ours):    {ep_per * 1000:.1f} ms per split x layer ({len(sk_layers)} layers x {args.splits} splits); "
-          f"speed-up {sk_per / ep_per:.1f}x; max |mean R^2 diff| per layer "
-          f"{max(abs(r[2] - r[1]) for r in rows):.1e}")
+          f"speed-up {sk_per / ep_per:.1f}x; max |mean R^2 diff| per layer {max(abs(r[2] - r[1]) for r in rows):.1e} "
+          f"vs the reference's randomized PCA, {max(abs(r[2] - r[5].mean()) for r in rows):.1e} vs the exact pipeline")
 
-    print(f"ridge default vs strictly nested ridge (own scaler, LOO penalty inside each training split), same "
+    print(f"ridge default (layer-wide scaler, GCV penalty inside each training split) vs strictly nested ridge "
+          f"(own scaler per split, RidgeCV's LOO penalty on its training rows), same "
           f"{len(sub)} splits: mean R^2 difference per layer {', '.join(f'{g:+.1e}' for g in nested_gap)}")
 
     # 2. the default method over every layer, without and with a null
@@ -173,6 +210,33 @@ def main(argv=None) -> int:
         print(f"ridge (default), {LAYERS} layers x {args.splits} splits, {perms} permutations: {dt:.1f} s "
               f"({dt / LAYERS:.2f} s/layer); best layer {best} R^2 {means[best]:.3f}; layer 0 {means[0]:.3f}; "
               f"peak RSS {rss_mb():.0f} MB; {load()}")
+    # 2b. the penalty criterion: GCV (default) vs exact LOO inside each training split
+    tg = tl = 0.0
+    diffs = []
+    for layer in sk_layers:
+        X16 = read_layer(path, layer)
+        t1 = time.perf_counter()
+        g = score_splits(X16, y, splits)
+        tg += time.perf_counter() - t1
+        t1 = time.perf_counter()
+        loo = score_splits(X16, y, splits, selection="loo")
+        tl += time.perf_counter() - t1
+        diffs.append(g.mean - loo.mean)
+    print(f"penalty by GCV vs exact LOO inside each training split ({len(sk_layers)} layers x {args.splits} splits): "
+          f"{tg / len(sk_layers):.2f} vs {tl / len(sk_layers):.2f} s/layer ({tl / tg:.1f}x); mean R^2 GCV - LOO "
+          f"{', '.join(f'{d:+.1e}' for d in diffs)}; {load()}")
+
+    # 3. what `hf-introspect probe` does per layer: the splits and the null as above, plus the mean-diff
+    # direction's split scores and the probe/mean-diff cosine (fitted on all questions)
+    from hf_introspect.analysis.layer_sweep import probe_sweep
+
+    for perms in (0, args.permutations):
+        res = probe_sweep(RawRun(path, y), "mcq", "entropy", n_splits=args.splits, permutations=perms, seed=args.seed)
+        best = res.best
+        print(f"probe_sweep (the probe command's work), {LAYERS} layers x {args.splits} splits, {perms} permutations: "
+              f"{res.seconds:.1f} s ({res.seconds / LAYERS:.2f} s/layer); best layer {best.layer} R^2 {best.score:.3f} "
+              f"[{best.ci_low:.3f}, {best.ci_high:.3f}], null p95 {best.null_p95:.3f}, mean-diff r^2 "
+              f"{best.meandiff_score:.3f}, cos {best.cos_probe_meandiff:.3f}; peak RSS {rss_mb():.0f} MB; {load()}")
     if not args.quick:
         t1 = time.perf_counter()
         for layer in range(LAYERS):

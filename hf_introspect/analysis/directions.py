@@ -39,7 +39,7 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / norm
 
 
-def _unit_rows(D: np.ndarray) -> np.ndarray:
+def unit_rows(D: np.ndarray) -> np.ndarray:
     """Rows scaled to unit norm; an all-zero row (activations that do not vary, e.g. the embedding
     of a readout token every prompt shares) becomes NaN: no direction there."""
     norm = np.linalg.norm(D, axis=1, keepdims=True)
@@ -182,7 +182,7 @@ def meandiff_directions(X, Y, quantile: float = 0.25) -> np.ndarray:
     for j in range(Y.shape[1]):
         top, bottom = quantile_masks(Y[:, j], quantile)
         W[j] = top / top.sum() - bottom / bottom.sum()
-    return _unit_rows(W @ X)                                    # (P, d)
+    return unit_rows(W @ X)                                    # (P, d)
 
 
 def reference_fit(X, Y, n_components: int = PCA_COMPONENTS, alpha: float = RIDGE_ALPHA, device=None):
@@ -226,7 +226,7 @@ def probe_directions(X, Y, n_components: int = PCA_COMPONENTS, alpha: float = RI
         2
     """
     _, scale, coef, _ = reference_fit(X, Y, n_components, alpha, device)
-    return _unit_rows(coef.T / scale)                            # (P, d) raw-space weights
+    return unit_rows(coef.T / scale)                            # (P, d) raw-space weights
 
 
 def probe_direction(X, y, *, method: str = "ep", **options) -> np.ndarray:

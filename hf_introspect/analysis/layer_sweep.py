@@ -72,13 +72,17 @@ class ProbeResult:
     majority: float = float("nan")  # share of the commonest class (classification): accuracy of always guessing it
     seconds: float = 0.0
     q_values: list[float] = field(default_factory=list)   # Benjamini-Hochberg over layers
+    best_p_corrected: float = float("nan")  # the best layer's p against the max over layers of each null copy
 
     def to_json(self) -> dict:
         from .serialize import jsonable
 
+        # the contract's keys, then one addition readers may ignore: the best layer's p-value
+        # corrected for having picked the best of all layers (stats.max_null_p)
         return {"target": self.target, "pass": self.pass_name, "position": self.position, "method": self.method,
                 "metric": self.metric, "n_questions": self.n_questions, "best_layer": self.best_layer,
-                "layers": [jsonable(row) for row in self.layers]}
+                "layers": [jsonable(row) for row in self.layers],
+                "best_p_corrected": jsonable(self.best_p_corrected)}
 
     def layer(self, index: int) -> LayerScore:
         return next(row for row in self.layers if row.layer == index)
@@ -89,21 +93,39 @@ class ProbeResult:
 
 
 def _meandiff_split_scores(X: np.ndarray, y: np.ndarray, kind: str, splits) -> float:
-    """Mean over splits of the test score of the training questions' mean-diff direction (NaN for classes)."""
-    from .directions import meandiff_direction, projection_r2
+    """Mean over splits of the test score of the training questions' mean-diff direction (NaN for classes).
+
+    All splits at once: each split's direction is one row of ``W X`` with ``W`` (S, n) holding
+    +1/|top| and -1/|bottom| on its training rows (as :func:`~.directions.meandiff_direction`), and
+    the test projections are one product ``X D^T`` (n, S).
+    """
+    from .directions import unit_rows, quantile_masks
 
     if kind == "multiclass":
         return float("nan")
-    scores = []
-    for train, test in splits:
+    W = np.zeros((len(splits), len(y)))  # (S, n)
+    for s, (train, _) in enumerate(splits):
         try:
-            # a binary target splits positives vs negatives inside meandiff_direction
-            d = meandiff_direction(X[train], y[train])
-            scores.append(stats.auroc(X[test] @ d, y[test]) if kind == "binary"
-                          else projection_r2(X[test], y[test], d))
+            # a binary target splits positives vs negatives inside quantile_masks
+            top, bottom = quantile_masks(y[train], 0.25)
         except UserError:  # a training split with one class, or whose quartiles coincide: no direction there
+            W[s] = np.nan
             continue
-    scores = np.asarray(scores, dtype=np.float64)
+        W[s, train] = top / top.sum() - bottom / bottom.sum()
+    X64 = np.asarray(X, dtype=np.float64)
+    D = unit_rows(W @ X64)  # (S, d) one unit direction per split (NaN rows: none)
+    P = X64 @ D.T  # (n, S) every question projected on every split's direction
+    scores = np.full(len(splits), np.nan)
+    for s, (_, test) in enumerate(splits):
+        if not np.isfinite(D[s]).all():
+            continue
+        proj, yt = P[test, s], y[test]
+        if kind == "binary":
+            scores[s] = stats.auroc(proj, yt)
+        else:
+            proj, yt = proj - proj.mean(), yt - yt.mean()
+            denom = float(np.sqrt((proj @ proj) * (yt @ yt)))
+            scores[s] = 0.0 if denom == 0.0 else float((proj @ yt) / denom) ** 2  # as directions.projection_r2
     return float(np.nanmean(scores)) if np.isfinite(scores).any() else float("nan")
 
 
@@ -141,7 +163,7 @@ def check_sweep_inputs(n: int, n_splits: int, test_size: float, method: str, tar
 
 def probe_sweep(data, pass_name: str, target: str, *, position="answer", layers=None, n_splits: int = 100,
                 test_size: float = 0.2, method: str = "ridge", permutations: int = 100, seed: int = 0,
-                rows=None, device=None) -> ProbeResult:
+                rows=None, device=None, selection: str = "gcv") -> ProbeResult:
     """Probe ``target`` from ``pass_name``'s activations at ``position``, layer by layer.
 
     Args:
@@ -149,6 +171,7 @@ def probe_sweep(data, pass_name: str, target: str, *, position="answer", layers=
         layers: stored layer indices (default: all stored).
         rows: restrict to these rows of the split (e.g. questions shared with another run), in order.
         permutations: label permutations per layer for the null (0: no null; p-values NaN).
+        selection: ridge's penalty criterion inside each training split, ``"gcv"`` or ``"loo"``.
 
     Example:
         >>> from hf_introspect.analysis.data import open_run_data          # doctest: +SKIP
@@ -170,7 +193,7 @@ def probe_sweep(data, pass_name: str, target: str, *, position="answer", layers=
     data.position_rows(pass_name, position)                         # a missing position fails before any fit
     splits = make_splits(len(y), n_splits=n_splits, test_size=test_size, seed=seed)
     task = tgt.kind
-    rows_out = []
+    rows_out, nulls = [], []
     for layer in layers:
         X = data.matrix(pass_name, layer, position, rows=valid)     # (n, hidden) float32
         if constant_rows(X):
@@ -180,12 +203,14 @@ def probe_sweep(data, pass_name: str, target: str, *, position="answer", layers=
             log.info("layer %d: the activations at %s are the same for every question; score left undefined",
                      layer, position)
             continue
+        fit = {"selection": selection} if method == "ridge" else {}
         res = score_splits(X, y, splits, method=method, task=task, permutations=permutations, seed=seed,
-                           device=device)
+                           device=device, **fit)
         scores = np.asarray(res.scores, dtype=np.float64)
         score = float(np.nanmean(scores))
         lo, hi = stats.split_interval(scores)
         null = np.asarray(res.null, dtype=np.float64)
+        nulls.append(null)  # (P,) copy j is the same permuted target in every layer (same seed)
         rows_out.append(LayerScore(
             layer=int(layer), score=score, score_std=float(np.nanstd(scores)), ci_low=lo, ci_high=hi,
             null_p95=stats.null_quantile(null), p_value=stats.permutation_p(score, null),
@@ -204,7 +229,9 @@ def probe_sweep(data, pass_name: str, target: str, *, position="answer", layers=
         n_questions=int(len(y)), best_layer=best, layers=rows_out, run=str(data.source),
         n_masked=int(len(keep) - len(valid)), n_splits=n_splits, test_size=test_size, permutations=permutations,
         seed=seed, chance=chance, majority=majority, seconds=time.perf_counter() - t0,
-        q_values=stats.benjamini_hochberg([r.p_value for r in rows_out]).tolist())
+        q_values=stats.benjamini_hochberg([r.p_value for r in rows_out]).tolist(),
+        best_p_corrected=(stats.max_null_p(max(r.score for r in finite), nulls)
+                          if finite and permutations else float("nan")))
 
 
 def summary(result: ProbeResult) -> str:
@@ -225,5 +252,7 @@ def summary(result: ProbeResult) -> str:
     if result.best is not None:
         b = result.best
         lines.append(f"best layer {b.layer}: {result.metric} {b.score:.4f} (95% over splits {b.ci_low:.4f}-{b.ci_high:.4f}; "
-                     f"null p95 {b.null_p95:.4f}, p {b.p_value:.4f})")
+                     f"null p95 {b.null_p95:.4f}, p {b.p_value:.4f}; p {result.best_p_corrected:.4f} for the best of "
+                     f"{sum(np.isfinite(r.score) for r in result.layers)} layers, against the max over layers of each "
+                     f"permuted copy)")
     return "\n".join(lines)

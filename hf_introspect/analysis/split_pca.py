@@ -85,9 +85,9 @@ class LayerBasis:
 
     def split_stats(self, T: torch.Tensor, n_train: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Training mean (shifted) and floored std from the layer sums minus the test rows' sums."""
-        XT = self.Xc[T].double()  # (t, d)
-        mean = (self.s1 - XT.sum(0)) / n_train
-        var = (self.s2 - (XT * XT).sum(0)) / n_train - mean * mean
+        XT = self.Xc[T]  # (t, d) float32, centred over all questions: its sums lose nothing that matters
+        mean = (self.s1 - XT.sum(0, dtype=torch.float64)) / n_train
+        var = (self.s2 - (XT * XT).sum(0, dtype=torch.float64)) / n_train - mean * mean
         return mean, var.clamp_min(0.0).sqrt().clamp_min(SCALE_FLOOR)
 
     def ritz(self, R: torch.Tensor, T: torch.Tensor, mean, scale, k: int):
@@ -104,9 +104,11 @@ class LayerBasis:
             Rf = torch.linalg.cholesky(G).T  # (m, m) upper: PR = Q Rf, Q never formed
         inv_scale = (1.0 / scale).float()
         mean32 = mean.float()
-        # Z_R^T P[R] = D^-1 (X_R - mean)^T P[R] = D^-1 (X^T P - X_T^T P[T] - mean 1^T P[R])
+        # Z_R^T P[R] = D^-1 (X_R - mean)^T P[R] = D^-1 (X^T P - X_T^T P[T] - mean 1^T P[R]), built in
+        # place in one (d, m) buffer (the temporaries cost as much as the products at d = 4096)
         XT = self.Xc[T]  # (t, d)
-        WP = (self.XtP - XT.T @ self.P[T] - mean32[:, None] * PR.sum(0)[None, :]) * inv_scale[:, None]  # (d, m)
+        WP = torch.addmm(self.XtP, XT.T, self.P[T], alpha=-1.0)  # (d, m)
+        WP.addr_(mean32, PR.sum(0), alpha=-1.0).mul_(inv_scale[:, None])
         WtW = (WP.T @ WP).double()
         with lapack_threads(PR.device):
             B = torch.linalg.solve_triangular(Rf, WtW, upper=True, left=False)
@@ -115,7 +117,7 @@ class LayerBasis:
         evals, phi = evals.flip(0)[:k], phi.flip(1)[:, :k]
         keep = evals > evals[0] * 1e-10
         evals, phi = evals[keep], phi[:, keep]
-        ZTWP = (((XT - mean32) * inv_scale) @ WP).double()  # (t, m) = Z_T W Rf
+        ZTWP = (XT.sub(mean32).mul_(inv_scale) @ WP).double()  # (t, m) = Z_T W Rf
         with lapack_threads(PR.device):
             scores = torch.linalg.solve_triangular(Rf, ZTWP, upper=True, left=False) @ phi  # (t, k)
         return PR64, Rf, phi, evals, scores

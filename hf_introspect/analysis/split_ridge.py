@@ -13,10 +13,20 @@ and every column of ``Y`` (the target and its permuted copies) costs one more ri
 
 The penalty is chosen inside each training split (nested: the test labels never see the choice).
 Deleting the test rows ``T`` from the bordered inverse leaves the training rows' own bordered
-inverse ``G_R = G_RR - G_RT G_TT^{-1} G_TR``, whose dual fit is ``c_R - G_RT e`` (``e`` the held-out
-residuals above); its exact leave-one-out residuals ``(c_R - G_RT e)_i / (G_R)_ii`` therefore cost
-one triangular solve ``L^{-1} G_TR`` (t, n) per split and penalty, and each split and column group
-(a target or a permuted copy) keeps the grid penalty with the least training-only LOO error.
+inverse ``G_R = G_RR - G_RT G_TT^{-1} G_TR``, whose dual fit is ``c^R = c_R - G_RT e`` (``e`` the
+held-out residuals above); the training residuals are ``a c^R`` and ``I - H_R = a G_R``. Two criteria:
+
+* ``"gcv"`` (default): generalised cross-validation on the training rows,
+  ``n_R |c^R|^2 / tr(G_R)^2``. With ``Q = G G`` (one (n, n) product per penalty) both parts need
+  only the split's (t, t) blocks: ``tr(G_R) = tr(G) - tr(G_TT^{-1} Q_TT)`` and
+  ``|c^R|^2 = |c|^2 - 2 e.(Gc)_T + e^T Q_TT e`` (from ``G_TR G_RT = Q_TT - G_TT^2``,
+  ``G_TR c_R = (Gc)_T - G_TT c_T`` and ``G_TT e = c_T``): O(t^3) per split and penalty.
+* ``"loo"``: exact leave-one-out, ``(c^R)_i / (G_R)_ii`` (what scikit-learn's ``RidgeCV`` computes on
+  the training rows). The diagonal needs one triangular solve ``L^{-1} G_TR`` (t, n) per split and
+  penalty: O(t^2 n), ~5x the GCV cost at n = 1,000 (see ``benchmarks/bench_probe.py``).
+
+Each split and column group (a target or a permuted copy) keeps the grid penalty with the least
+criterion; the first grid penalty wins ties.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..errors import UserError
 from .linear_probe import ALPHA_GRID, SCALE_FLOOR, lapack_threads
 
 FREE_PENALTY = 1e-6  # penalty of the ``free`` columns relative to the activations' (a rare one-hot
@@ -49,12 +60,16 @@ def standardized_gram(X, device, scale=None, dtype=torch.float32) -> tuple[torch
     return (Z @ Z.T).double(), scale
 
 
+SELECTIONS = ("gcv", "loo")  # how the penalty is chosen inside a training split (module docstring)
+
+
 def heldout_predictions(K: torch.Tensor, Y: torch.Tensor, tests: torch.Tensor, alpha: float,
                         flat: torch.Tensor | None = None, groups: int | None = None,
-                        free: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                        free: torch.Tensor | None = None,
+                        selection: str = "gcv") -> tuple[torch.Tensor, torch.Tensor | None]:
     """Test-row predictions (S, t, C) of ridge(alpha) trained on each split's other rows, and (when
-    ``groups`` is given) the exact leave-one-out MSE inside each split's training rows (S, C // groups),
-    summed over each group of ``groups`` consecutive columns.
+    ``groups`` is given) the ``selection`` criterion (GCV or exact leave-one-out MSE) inside each
+    split's training rows (S, C // groups), summed over each group of ``groups`` consecutive columns.
 
     ``tests`` (S, t) holds each split's test rows; the training rows are all the others.
     ``flat`` (S, t * t): the test blocks' positions in ``K.view(-1)`` (computed here when not given).
@@ -70,6 +85,9 @@ def heldout_predictions(K: torch.Tensor, Y: torch.Tensor, tests: torch.Tensor, a
     if flat is None:
         flat = block_positions(tests, n)
     Gflat = G.reshape(-1)
+    if groups is not None and selection == "gcv":
+        Q = G @ G  # (n, n): G_TR G_RT = Q_TT - G_TT^2 gives the training fit from (t, t) blocks
+        gcv_terms = (Q.reshape(-1), G @ c, (c * c).sum(0), float(G.diagonal().sum()))
     out, errs = [], []
     for lo in range(0, len(tests), SPLIT_CHUNK):
         T = tests[lo:lo + SPLIT_CHUNK]  # (s, t)
@@ -80,7 +98,9 @@ def heldout_predictions(K: torch.Tensor, Y: torch.Tensor, tests: torch.Tensor, a
             L = torch.linalg.cholesky(GTT)
             e = torch.cholesky_solve(cT, L)  # (s, t, C) held-out residuals
         out.append(Y.index_select(0, T.reshape(-1)).reshape(cT.shape) - e)
-        if groups is not None:
+        if groups is not None and selection == "gcv":
+            errs.append(_training_gcv(gcv_terms, flat[lo:lo + SPLIT_CHUNK], T, cT, L, e, groups))
+        elif groups is not None:
             errs.append(_training_loo(G, c, T, L, e, groups))
     return torch.cat(out), (torch.cat(errs) if groups is not None else None)
 
@@ -96,6 +116,24 @@ def _bordered(Ainv: torch.Tensor, free: torch.Tensor | None) -> torch.Tensor:
     D = torch.full((F.shape[1],), FREE_PENALTY, dtype=Ainv.dtype, device=Ainv.device)
     D[0] = 0.0  # the intercept stays exactly unpenalised
     return Ainv - P @ torch.linalg.solve(F.T @ P + torch.diag(D), P.T)
+
+
+def _training_gcv(terms, flat, T, cT, L, e, groups) -> torch.Tensor:
+    """GCV criterion ``n_R |c^R|^2 / tr(G_R)^2`` (s, C // groups) of each split's training-only fit,
+    from ``terms = (Q.view(-1), G c, |c|^2 per column, tr G)`` on all rows, the test blocks' flat
+    positions ``flat`` (s, t * t), the test rows ``T`` (s, t), ``c_T`` (s, t, C), the Cholesky factor ``L`` (s, t, t) of ``G_TT``
+    and the held-out residuals ``e`` (s, t, C); formulas in the module docstring."""
+    Qflat, Gc, cc, trace = terms
+    s, t, _ = cT.shape
+    QTT = Qflat[flat].reshape(s, t, t)  # (s, t, t)
+    with lapack_threads(L.device):
+        GTT_inv = torch.cholesky_inverse(L)  # (s, t, t)
+    tr_R = trace - (GTT_inv * QTT).sum((1, 2))  # (s,) trace of the training rows' bordered inverse
+    GcT = Gc.index_select(0, T.reshape(-1)).reshape(cT.shape)  # (s, t, C) rows T of G c
+    norm = cc[None] - 2.0 * (e * GcT).sum(1) + (e * (QTT @ e)).sum(1)  # (s, C) |c^R|^2 per column
+    n = len(Gc)
+    gcv = (n - t) * norm.clamp_min(0.0) / (tr_R ** 2)[:, None]  # (s, C)
+    return gcv.reshape(s, -1, groups).sum(2)
 
 
 def _training_loo(G, c, T, L, e, groups) -> torch.Tensor:
@@ -124,12 +162,13 @@ def block_positions(tests: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def ridge_split_predictions(X, Y: np.ndarray, tests: np.ndarray, *, alpha=None, alphas=None, groups: int = 1,
-                            scale=None, device=None, free=None) -> tuple[np.ndarray, np.ndarray]:
+                            scale=None, device=None, free=None, selection: str = "gcv") -> tuple[np.ndarray, np.ndarray]:
     """Held-out ridge predictions (S, t, C) for every split and column of ``Y`` (n, C), and the
     penalties used per split and column group (S, C // groups), in units of the Gram's mean eigenvalue.
 
     ``alpha`` fixed (relative units), or chosen per split and column group from the grid ``alphas``
-    by exact leave-one-out inside that split's training rows (nested: test rows never seen).
+    by ``selection`` (``"gcv"`` or exact ``"loo"``) inside that split's training rows (nested: the
+    test rows are never seen).
     ``free`` (n, f): extra columns (e.g. standardised surface features) fitted beside ``X`` with a
     penalty ``FREE_PENALTY`` times the activations' (in effect unpenalised, like the intercept).
 
@@ -140,6 +179,8 @@ def ridge_split_predictions(X, Y: np.ndarray, tests: np.ndarray, *, alpha=None, 
         >>> pred.shape, chosen.shape, bool(np.corrcoef(pred[0, :, 0], y[:5, 0])[0, 1] > 0.9)
         ((2, 5, 1), (2, 1), True)
     """
+    if selection not in SELECTIONS:
+        raise UserError(f"unknown penalty selection {selection!r}; use one of {', '.join(SELECTIONS)}")
     K, _ = standardized_gram(X, device, scale)
     Yt = torch.as_tensor(Y, dtype=torch.float64, device=K.device)
     # the penalties' unit: the mean eigenvalue of the centred Gram matrix (1 when the activations do
@@ -157,7 +198,7 @@ def ridge_split_predictions(X, Y: np.ndarray, tests: np.ndarray, *, alpha=None, 
     index = torch.zeros(best.shape, dtype=torch.long, device=K.device)
     preds = torch.zeros((len(tests), tests.shape[1], Y.shape[1]), dtype=torch.float64, device=K.device)
     for i, a in enumerate(grid):
-        pred, err = heldout_predictions(K, Yt, T, float(a) * unit, flat, groups, free)
+        pred, err = heldout_predictions(K, Yt, T, float(a) * unit, flat, groups, free, selection)
         better = err < best  # (S, C // groups): the first grid penalty wins ties, as in RidgeCV
         best = torch.where(better, err, best)
         index[better] = i

@@ -54,6 +54,28 @@ def null_quantile(null: np.ndarray, q: float = 0.95) -> float:
     return float(np.quantile(null, q)) if null.size else float("nan")
 
 
+def max_null_p(observed: float, nulls) -> float:
+    """Permutation p-value of the best of several layers, corrected for picking it (family-wise).
+
+    ``nulls`` (layers, P): the permutation null of each layer, column ``j`` the SAME permuted target
+    in every layer (as the sweeps draw them). The best layer's score is compared with the maximum
+    over layers of each permuted copy (Westfall-Young max-T): the chance that some layer scores this
+    well with no signal at all, not only the chosen one. Layers whose null is all NaN are left out.
+
+    Example:
+        >>> nulls = np.array([[0.1, 0.3, 0.0, 0.2], [0.2, 0.1, 0.4, 0.0]])
+        >>> max_null_p(0.35, nulls)  # maxima 0.2, 0.3, 0.4, 0.2: one of 4 reaches 0.35
+        0.4
+    """
+    nulls = np.atleast_2d(np.asarray(nulls, dtype=np.float64))
+    nulls = nulls[np.isfinite(nulls).any(axis=1)]
+    if nulls.size == 0:
+        return float("nan")
+    with np.errstate(invalid="ignore"):
+        maxima = np.nanmax(np.where(np.isfinite(nulls), nulls, -np.inf), axis=0)  # (P,)
+    return permutation_p(observed, np.where(np.isfinite(maxima), maxima, np.nan))
+
+
 def benjamini_hochberg(p_values) -> np.ndarray:
     """Benjamini-Hochberg adjusted p-values (q-values), same order; NaNs stay NaN and do not count.
 

@@ -35,7 +35,9 @@ def test_planted_layer_wins_with_the_planted_r2(entropy_sweep):
     assert best.meandiff_score > 0.5 and best.cos_probe_meandiff > 0.8
     assert max(r.meandiff_score for r in res.layers if r.layer != res.best_layer) < 0.1
     assert set(res.to_json()) == {"target", "pass", "position", "method", "metric", "n_questions",
-                                  "best_layer", "layers"}
+                                  "best_layer", "layers", "best_p_corrected"}
+    # the best of 5 layers still beats the maximum over layers of every permuted copy
+    assert res.best_p_corrected == pytest.approx(1 / 41)
 
 
 def test_shuffled_target_beats_no_null(planted_run):
@@ -46,6 +48,8 @@ def test_shuffled_target_beats_no_null(planted_run):
     res = probe_sweep(rd, "mcq", "entropy", **FAST)
     assert all(r.score < 0.03 for r in res.layers)
     assert all(q > 0.05 for q in res.q_values)                   # nothing survives Benjamini-Hochberg
+    # picking the best layer is paid for: its corrected p is at least its own, and not significant here
+    assert res.best_p_corrected >= res.best.p_value and res.best_p_corrected > 0.05
     assert res.layer(PLANTED["planted_layer"]).score < res.layer(PLANTED["planted_layer"]).null_p95 + 0.02
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from hf_introspect.cli import main
 
-KEYS = {"target", "pass", "position", "method", "metric", "n_questions", "best_layer", "layers"}
+KEYS = {"target", "pass", "position", "method", "metric", "n_questions", "best_layer", "layers",
+        "best_p_corrected"}  # the contract, plus the selection-corrected p of the best layer
 LAYER_KEYS = {"layer", "score", "score_std", "ci_low", "ci_high", "null_p95", "p_value", "meandiff_score",
               "cos_probe_meandiff"}
 FAST = ["--splits", "5", "--permutations", "5"]

@@ -85,8 +85,74 @@ def test_ridge_shared_gram_equals_one_fit_per_split():
     np.testing.assert_allclose(ours.scores, ref, atol=1e-6)
 
 
-def test_ridge_penalty_is_chosen_inside_each_training_split():
-    """The default penalty equals a strictly nested loop: per split, RidgeCV's exact LOO over the
+def nested_gcv_reference(Z, y, tr, te, grid):
+    """Strictly nested GCV on one split, from the training rows' own SVD: the grid penalty with the
+    least ``n_R |y - yhat|^2 / (n_R - tr H)^2`` (H with the intercept; summed over y's columns),
+    fitted on train; returns it and the test predictions."""
+    Y = y.reshape(len(y), -1)
+    Zr = Z[tr]
+    mu, ybar = Zr.mean(0), Y[tr].mean(0)
+    U, sv, Vt = np.linalg.svd(Zr - mu, full_matrices=False)
+    best = (np.inf, None)
+    for a in grid:
+        shrink = sv ** 2 / (sv ** 2 + a)
+        fitted = ybar + U @ (shrink[:, None] * (U.T @ (Y[tr] - ybar)))
+        gcv = len(tr) * np.sum((Y[tr] - fitted) ** 2) / (len(tr) - 1.0 - shrink.sum()) ** 2
+        if gcv < best[0]:
+            best = (gcv, a)
+    W = Vt.T @ ((sv / (sv ** 2 + best[1]))[:, None] * (U.T @ (Y[tr] - ybar)))
+    pred = ybar + (Z[te] - mu) @ W
+    return best[1], pred.reshape((len(te),) + y.shape[1:])
+
+
+def test_ridge_default_penalty_is_gcv_inside_each_training_split():
+    """The default penalty equals a strictly nested loop written from scratch: per split, GCV over
+    the training rows alone (same grid, same label-free scaling), fitted on train, scored on test;
+    each permuted copy gets its own choice per split."""
+    from sklearn.metrics import r2_score
+
+    from hf_introspect.analysis.linear_probe import ALPHA_GRID
+
+    rng, X, y = planted(n=80, d=120, r2=0.4, seed=11)
+    splits = make_splits(80, n_splits=12, seed=2)
+    ours = score_splits(X, y, splits, permutations=3, seed=4)
+    Z = (X - X.mean(0)) / X.std(0)
+    unit = np.sum(Z ** 2) / len(Z)
+    perm_rng = np.random.default_rng(4)
+    columns = [y] + [y[perm_rng.permutation(80)] for _ in range(3)]
+    scores, chosen = np.empty((12, 4)), np.empty((12, 4))
+    for s, (tr, te) in enumerate(splits):
+        for c, target in enumerate(columns):
+            a, pred = nested_gcv_reference(Z, target, tr, te, ALPHA_GRID * unit)
+            scores[s, c], chosen[s, c] = r2_score(target[te], pred), a / unit
+    np.testing.assert_allclose(ours.extra["alpha"], chosen[:, 0], rtol=1e-9)
+    np.testing.assert_allclose(ours.extra["null_alpha"], chosen[:, 1:], rtol=1e-9)
+    np.testing.assert_allclose(ours.scores, scores[:, 0], atol=1e-6)
+    np.testing.assert_allclose(ours.null, scores[:, 1:].mean(0), atol=1e-6)
+    assert len(np.unique(chosen)) > 1  # the choice really differs between splits/copies here
+
+
+def test_ridge_gcv_penalty_for_classes_sums_the_class_columns():
+    from hf_introspect.analysis.linear_probe import ALPHA_GRID
+
+    rng, X, y = planted(n=90, d=60, r2=0.5, seed=12)
+    classes = np.array(list("ABC"))
+    letters = classes[np.digitize(y, np.quantile(y, [0.33, 0.66]))]
+    splits = make_splits(90, n_splits=6, seed=1)
+    ours = score_splits(X, letters, splits, task="multiclass")
+    Z = (X - X.mean(0)) / X.std(0)
+    onehot = np.where(letters[:, None] == classes[None], 1.0, -1.0)  # (n, 3) +-1 columns
+    accuracy, chosen = [], []
+    for tr, te in splits:
+        a, pred = nested_gcv_reference(Z, onehot, tr, te, ALPHA_GRID * np.sum(Z ** 2) / len(Z))
+        accuracy.append(np.mean(classes[pred.argmax(1)] == letters[te]))
+        chosen.append(a / (np.sum(Z ** 2) / len(Z)))
+    np.testing.assert_allclose(ours.extra["alpha"], chosen, rtol=1e-9)
+    np.testing.assert_allclose(ours.scores, accuracy, atol=1e-12)
+
+
+def test_ridge_loo_penalty_is_chosen_inside_each_training_split():
+    """``selection="loo"`` equals a strictly nested loop: per split, RidgeCV's exact LOO over the
     training rows alone (same grid, same label-free scaling), fitted on train, scored on test; the
     permuted copies each get their own choice per split."""
     from sklearn.linear_model import RidgeCV
@@ -96,7 +162,7 @@ def test_ridge_penalty_is_chosen_inside_each_training_split():
 
     rng, X, y = planted(n=80, d=120, r2=0.4, seed=11)
     splits = make_splits(80, n_splits=12, seed=2)
-    ours = score_splits(X, y, splits, permutations=3, seed=4)
+    ours = score_splits(X, y, splits, permutations=3, seed=4, selection="loo")
     Z = (X - X.mean(0)) / X.std(0)
     unit = np.sum(Z ** 2) / len(Z)
     perm_rng = np.random.default_rng(4)
@@ -122,7 +188,7 @@ def test_ridge_nested_penalty_for_classes_equals_ridgeclassifiercv():
     rng, X, y = planted(n=90, d=60, r2=0.5, seed=12)
     letters = np.array(list("ABC"))[np.digitize(y, np.quantile(y, [0.33, 0.66]))]
     splits = make_splits(90, n_splits=6, seed=1)
-    ours = score_splits(X, letters, splits, task="multiclass")
+    ours = score_splits(X, letters, splits, task="multiclass", selection="loo")
     Z = (X - X.mean(0)) / X.std(0)
     unit = np.sum(Z ** 2) / len(Z)
     accuracy, chosen = [], []

@@ -141,11 +141,9 @@ def _fit_kinds(X, Y, method, quantile, device):
     if method == "ep":
         pr = D.probe_directions(X, Y, device=device)
     else:
-        from .linear_probe import fit_probe
+        from .linear_probe import ridge_directions
 
-        first = fit_probe(X, Y[:, 0], method="ridge", device=device)
-        pr = np.stack([first.direction] + [fit_probe(X, Y[:, j], method="ridge", alpha=first.alpha,
-                                                     device=device).direction for j in range(1, Y.shape[1])])
+        pr, _ = ridge_directions(X, Y, device=device)  # each permuted copy chooses its own penalty
     return {"probe": pr, "meandiff": md}
 
 

@@ -191,23 +191,57 @@ def _fit_ridge(Z, Y, alphas, alpha, device):
     Y2 = Y.reshape(len(Y), -1)  # (n, c)
     ybar = Y2.mean(0)
     UtY = U.T @ (Y2 - ybar)  # (r, c)
-    if alpha is not None:
-        grid = np.array([float(alpha)])
-    else:
-        grid = (np.asarray(ALPHA_GRID if alphas is None else alphas, np.float64)) * (s2.sum() / len(Z))
-    best, best_err = grid[0], np.inf
-    for a in grid:
-        shrink = s2 / (s2 + a)  # (r,)
-        fitted = ybar + U @ (shrink[:, None] * UtY)
-        hat = 1.0 / len(Z) + (U ** 2) @ shrink  # (n,) leverages, the intercept's 1/n included
-        err = np.mean(((Y2 - fitted) / (1.0 - hat)[:, None]) ** 2)
-        if err < best_err:
-            best, best_err = a, err
+    grid = np.array([float(alpha)]) if alpha is not None else _grid(alphas, s2, len(Z))
+    best = float(grid[int(np.argmin(_loo_errors(U, s2, Y2, ybar, UtY, grid).sum(1)))])  # first wins ties
     dual = U @ (UtY / (s2 + best)[:, None])  # (n, c)
     coef = (Z.T @ dual).T  # (c, d)
     if Y.ndim == 1:
         return coef[0], float(ybar[0]), float(best)
     return coef, ybar, float(best)
+
+
+def _grid(alphas, s2, n):
+    """The penalty grid in absolute units: ``alphas`` (default ALPHA_GRID) x the Gram's mean eigenvalue."""
+    return np.asarray(ALPHA_GRID if alphas is None else alphas, np.float64) * (s2.sum() / n)
+
+
+def _loo_errors(U, s2, Y2, ybar, UtY, grid) -> np.ndarray:
+    """Exact leave-one-out MSE (len(grid), c) of ridge with intercept, per grid penalty and column of Y2."""
+    out = np.empty((len(grid), Y2.shape[1]))
+    for i, a in enumerate(grid):
+        shrink = s2 / (s2 + a)  # (r,)
+        fitted = ybar + U @ (shrink[:, None] * UtY)
+        hat = 1.0 / len(U) + (U ** 2) @ shrink  # (n,) leverages, the intercept's 1/n included
+        out[i] = np.mean(((Y2 - fitted) / (1.0 - hat)[:, None]) ** 2, axis=0)
+    return out
+
+
+def ridge_directions(X, Y, *, alphas=None, device=None) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge directions (unit, raw activation space) for every column of ``Y`` (n, P) -> ((P, d),
+    penalties (P,) in the grid's relative units), each column choosing its own penalty by exact
+    leave-one-out (so permuted copies of a target go through the same selection as the target);
+    one eigendecomposition for all columns. Column j equals ``fit_probe(X, Y[:, j]).direction``.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> X = rng.normal(size=(200, 5)); y = X[:, 2] + 0.1 * rng.normal(size=200)
+        >>> dirs, chosen = ridge_directions(X, np.stack([y, rng.permutation(y)], 1))
+        >>> int(np.argmax(np.abs(dirs[0]))), dirs.shape
+        (2, (2, 5))
+    """
+    X = _as_matrix(X)
+    Y2 = np.asarray(Y, np.float64).reshape(len(X), -1)
+    mean, scale = _mean_scale(X)
+    Z = (X - mean) / scale  # (n, d)
+    U, s2 = left_basis(Z, resolve_device(device))
+    ybar = Y2.mean(0)
+    UtY = U.T @ (Y2 - ybar)  # (r, P)
+    grid = _grid(alphas, s2, len(Z))
+    best = grid[np.argmin(_loo_errors(U, s2, Y2, ybar, UtY, grid), axis=0)]  # (P,) per column, first wins ties
+    dual = U @ (UtY / (s2[:, None] + best[None, :]))  # (n, P)
+    raw = (Z.T @ dual).T / scale  # (P, d) weights on the raw activations
+    norm = np.linalg.norm(raw, axis=1, keepdims=True)
+    return raw / np.where(norm > 0, norm, 1.0), best / (s2.sum() / len(Z))
 
 
 def _fit_pca_ridge(Z, y, k, alpha, device):

@@ -130,3 +130,19 @@ def test_bad_method_and_task():
                             ({"method": "logistic"}, "needs a class target")):
         with pytest.raises(UserError, match=message):
             fit_probe(X, y, **kwargs)
+
+
+def test_ridge_directions_equal_one_fit_probe_per_column_with_its_own_penalty():
+    from hf_introspect.analysis.linear_probe import ridge_directions
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(120, 40)) @ rng.normal(size=(40, 60)) + rng.normal(size=(120, 60))
+    y = X[:, 0] + 2 * rng.normal(size=120)
+    Y = np.stack([y] + [rng.permutation(y) for _ in range(4)], 1)  # a target and 4 permuted copies
+    dirs, chosen = ridge_directions(X, Y)
+    unit = np.sum(((X - X.mean(0)) / X.std(0)) ** 2) / 120
+    for j in range(5):
+        probe = fit_probe(X, Y[:, j])
+        np.testing.assert_allclose(dirs[j], probe.direction, atol=1e-12)
+        assert chosen[j] == pytest.approx(probe.alpha / unit, rel=1e-9)
+    assert chosen[0] < chosen[1:].min()  # the copies choose their own (heavier) penalty, not the target's

@@ -8,7 +8,8 @@ Methods (``fit_probe(method=...)``):
   matrix gives every alpha of the grid), intercept unpenalised. Classification tasks fit the
   +-1-coded classes the same way (scikit-learn's ``RidgeClassifierCV``); the decision is the score.
 - ``"ep"``: the reference pipeline, exactly: StandardScaler (std floored at 1e-6) -> PCA(100) ->
-  Ridge(alpha=1000) for numeric targets; PCA(256) + ``LogisticRegression(max_iter=1000)`` for classes.
+  Ridge(alpha=1000) for numeric targets; PCA(256) + ``LogisticRegression(max_iter=1000)`` for classes
+  (no scaler there, as in the reference: PCA of the centred activations).
 - ``"logistic"``: L2 logistic regression (scikit-learn, ``C=1``) on the standardised activations,
   fitted in the span of the training rows (exactly the same optimum, far fewer columns).
 
@@ -118,6 +119,8 @@ def fit_probe(X, y, *, method: str = "ridge", task: str = "regression", alphas=N
     """
     X, y, classes = _validate(X, y, method, task)
     mean, own_scale = _mean_scale(X)
+    if method == "ep" and task != "regression" and scale is None:
+        own_scale = np.ones_like(own_scale)  # the reference's letter probe has no scaler: PCA of the centred activations
     scale = own_scale if scale is None else np.maximum(np.asarray(scale, np.float64), SCALE_FLOOR)
     Z = (X - mean) / scale  # (n, d) standardised
     dev = resolve_device(device)

@@ -12,17 +12,18 @@ the fork (model + questions, the same for both sides) is printed too.
 
 Prints, per run: wall time, questions/s (questions through all 3 passes per second), peak RSS,
 activation bytes written; then the ratio hf_introspect / reference and a breakdown of where
-hf_introspect's time goes, per thread (inference thread: prefill forward, decode steps, the rest
-of each batch, the scatter into the shard buffers; main thread: waiting for a shard, per-row
-metadata, Arrow encode + write, datasets' map overhead, everything else), measured with timing
-hooks in the child. The reference side reports generate / host copy / metadata / save.
+hf_introspect's time goes, per side (the device, inside each shard map's function: prefill
+forward, decode steps, the rest of each batch, the scatter into the shard buffers, idle between
+shards; the writers, inside map: per-row metadata, Arrow encode + write, datasets' map overhead,
+idle waiting for the device; the main thread: warm-up, everything else), measured with timing
+hooks in the child and the collector's own MapScheduler stats. The reference side reports generate / host copy / metadata / save.
 
 Threads: ``--threads 1`` by default. On this shared 2-core machine (load average ~6-7) a forward
 with 2 intra-op threads took 10x longer than with 1 (OpenMP threads wait on each other while the
 other jobs hold the cores). Both sides use the same setting, so the comparison is unaffected.
 
 The RSS scaling point defaults to 40 questions = one full shard (save_every 10 x batch_size 4):
-hf_introspect holds at most two shards in memory (one being written, the next being computed),
+hf_introspect holds at most two shards in memory (one being written, the next being computed, each in its own map),
 so its peak is flat from two shards up, while the reference grows with every question.
 Default run: ~10 minutes on the loaded 2-core machine (two 100-question runs, two 40-question runs).
 """
@@ -69,7 +70,8 @@ class Breakdown:
 
     def __init__(self):
         self.t = {k: 0.0 for k in ("warmup", "prefill", "decode", "launch_batch", "continue_batches", "compute_shard",
-                                   "shard_table", "arrow_write", "map", "take")}
+                                   "shard_table", "arrow_write", "map", "shards", "device_waited_s",
+                                   "writers_waited_s", "maps_waited_s")}
         self.n = {"prefill": 0, "decode": 0}
         self._in_warmup = False
 
@@ -131,7 +133,18 @@ class Breakdown:
         backoff.continue_batches = timed("continue_batches", backoff.continue_batches)
         collector.compute_shard = timed("compute_shard", collector.compute_shard)
         writers.shard_table = timed("shard_table", writers.shard_table)
-        pipeline.ShardPrefetcher.take = timed("take", pipeline.ShardPrefetcher.take)
+        real_run = pipeline.MapScheduler.run
+
+        def scheduler_run(sched, *a, **k):  # the shards' maps: wall time, and who waited for whom
+            t0 = time.perf_counter()
+            try:
+                return real_run(sched, *a, **k)
+            finally:
+                bd.t["shards"] += time.perf_counter() - t0
+                for key in ("device_waited_s", "writers_waited_s", "maps_waited_s"):
+                    bd.t[key] += sched.stats[key]
+
+        pipeline.MapScheduler.run = scheduler_run
         depth = [0]
 
         def writer_timed(fn):
@@ -151,23 +164,29 @@ class Breakdown:
         datasets.Dataset.map = timed("map", datasets.Dataset.map, guard=lambda a, k: bool(k.get("cache_file_name")))
 
     def report(self, total: float) -> dict:
-        """Two threads: the inference thread (forwards, the rest of each batch, the scatter into the
-        shard buffers) and the main thread (waiting for a shard, per-row metadata, Arrow write, map)."""
+        """Per side. The device (the computes, one at a time inside the maps' functions: forwards,
+        the rest of each batch, the scatter into the shard buffers, idle between shards) and the
+        writers (inside the maps: per-row metadata, Arrow write, map's own overhead, idle waiting
+        for the device) each add up to about the shards' wall time; the maps run concurrently, so
+        the sides overlap. The main thread: warm-up and everything outside the shards."""
         t = self.t
         fwd = t["prefill"] + t["decode"]
         rows = {
-            "[inference thread] model forward, prompt (prefill)": t["prefill"],
-            "[inference thread] model forward, decode steps": t["decode"],
-            "[inference thread] rest of launch_batch + continue_batches":
+            "[device, in map] model forward, prompt (prefill)": t["prefill"],
+            "[device, in map] model forward, decode steps": t["decode"],
+            "[device, in map] rest of launch_batch + continue_batches":
                 t["launch_batch"] + t["continue_batches"] - fwd,
-            "[inference thread] rest of the shard (results, scatter into shard buffers)":
+            "[device, in map] rest of the shard (results, scatter into shard buffers)":
                 t["compute_shard"] - t["launch_batch"] - t["continue_batches"],
-            "[main thread] waiting for the inference thread": t["take"],
-            "[main thread] per-row metadata (decode text, readout, lists)": t["shard_table"],
-            "[main thread] Arrow encode + write (ArrowWriter)": t["arrow_write"],
-            "[main thread] datasets map overhead (select, iterate, rename)": t["map"] - t["shard_table"] - t["arrow_write"],
+            "[device] idle between shards, waiting for the writers": t["device_waited_s"],
+            "[writers, in map] per-row metadata (decode text, readout, lists)": t["shard_table"],
+            "[writers, in map] Arrow encode + write (ArrowWriter)": t["arrow_write"],
+            "[writers, in map] datasets map overhead (select, iterate, finalize)":
+                t["map"] - t["compute_shard"] - t["maps_waited_s"] - t["shard_table"] - t["arrow_write"],
+            "[writers] idle, waiting for the device": t["writers_waited_s"],
+            "[main thread] all shards' maps, wall time": t["shards"],
             "[main thread] warm-up estimate batch": t["warmup"],
-            "[main thread] other (prompts, plan, finalize, load_from_disk)": total - t["map"] - t["warmup"] - t["take"],
+            "[main thread] other (prompts, plan, finalize, load_from_disk)": total - t["shards"] - t["warmup"],
         }
         return {"seconds": rows, "calls": dict(self.n)}
 

@@ -195,7 +195,7 @@ def disk_ceiling(folder: Path, nbytes: int, chunk: int = 1 << 30) -> tuple[float
 
 
 class _Capture:
-    """Keeps the collector's log lines (the prefetch thread's summary says which side bounded the run)."""
+    """Keeps the collector's log lines (the maps' summary, ``inference in map: ...``, says which side bounded the run)."""
 
     def __init__(self):
         import logging
@@ -241,7 +241,7 @@ def run_collect(lm, qs, out: Path, *, positions: str, max_new_tokens: int, batch
     check = {"probs_sum": float(first["probs"].sum()), "finite": bool(all(
         np_isfinite(first[c]) for c in dd["mcq"].column_names if c.startswith("activations_")))}
     shutil.rmtree(out, ignore_errors=True)
-    thread = next((line for line in cap.lines if line.startswith("inference thread")), "")
+    thread = next((line for line in cap.lines if line.startswith("inference in map")), "")
     return {"questions": rows, "wall_s": wall, "qps": rows / wall, "bytes": nbytes, "bytes_per_s": nbytes / wall,
             "save_every": save_every, "pipeline": thread, "check_first_row": check}
 

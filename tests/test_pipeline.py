@@ -1,4 +1,4 @@
-"""The prefetch thread that runs inference one shard ahead of the writer, and its host buffers."""
+"""The scheduler of the shards' maps (inference inside map, in job order, bounded buffers), and its host buffers."""
 
 import threading
 import time
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf_introspect.collection.pipeline import SLOTS, HostBuffers, ShardJob, ShardPrefetcher
+from hf_introspect.collection.pipeline import HostBuffers, MapScheduler, ShardJob, Stopped
 
 from .test_collector import make_questions, run_cfg
 
@@ -16,69 +16,195 @@ def jobs(n):
     return [ShardJob("mcq", i, 10 * i, 10 * i + 10) for i in range(n)]
 
 
-def test_results_come_in_job_order_with_their_slots():
-    with ShardPrefetcher(jobs(5), lambda job, slot, stop: (job.index, job.lo)) as pf:
-        got = []
-        for _ in range(5):
-            r = pf.take()
-            got.append(r.value)
-            assert 0 <= r.slot < SLOTS
-            pf.release(r)
-    assert got == [(i, 10 * i) for i in range(5)]
-    assert pf.stats["shards"] == 5
+def wait_for(cond, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return cond()
 
 
-def test_thread_stays_at_most_one_shard_ahead_of_the_writer():
-    started = []
+def test_computes_run_in_job_order_while_writes_finish_in_any_order():
+    """Later maps may finish (and free their slot) first; the computes still go 0, 1, 2, ...,
+    never two at once, and no two live maps share a buffer slot."""
+    order, live, lock = [], {}, threading.Lock()
+    computing = [0]
 
-    def compute(job, slot, stop):
-        started.append(job.index)
-        return job.index
+    def map_shard(turn):
+        with lock:
+            assert turn.slot not in live.values(), "two maps hold one slot"
+            live[turn.k] = turn.slot
 
-    with ShardPrefetcher(jobs(6), compute) as pf:
-        first = pf.take()  # shard 0 is being "written": not released yet
-        deadline = time.monotonic() + 5
-        while len(started) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.2)  # time enough to run ahead, if it could
-        assert started == [0, 1]  # shard 1 computed into the other slot, nothing beyond
-        pf.release(first)
-        second = pf.take()
-        assert second.value == 1 and second.slot != first.slot
-        pf.release(second)
-        assert [pf.take().value for _ in range(1)] == [2]
+        def compute():
+            computing[0] += 1
+            assert computing[0] == 1, "two computes at once"
+            order.append(turn.job.index)
+            time.sleep(0.002)
+            computing[0] -= 1
+            return turn.job.lo
+
+        assert turn.compute(compute) == turn.job.lo
+        turn.start_writing()
+        time.sleep(0.03 if turn.job.index % 3 == 0 else 0.0)  # some writes slow: others overtake them
+        with lock:
+            del live[turn.k]
+
+    sched = MapScheduler(jobs(12), slots=3, writers=2)
+    sched.run(map_shard)
+    assert order == list(range(12))
+    assert sched.stats["shards"] == 12 and sched.stats["compute_s"] > 0
+
+
+def test_a_map_computes_at_most_one_shard_ahead_of_the_writer():
+    started, release = [], threading.Event()
+
+    def map_shard(turn):
+        turn.compute(lambda: started.append(turn.job.index))
+        turn.start_writing()
+        if turn.job.index == 0:
+            assert release.wait(5)  # shard 0 is being "written"
+
+    sched = MapScheduler(jobs(6), slots=2, writers=1)
+    t = threading.Thread(target=sched.run, args=(map_shard,))
+    t.start()
+    assert wait_for(lambda: len(started) == 2)
+    time.sleep(0.2)  # time enough to run ahead, if it could
+    assert started == [0, 1]  # shard 1 computed into the other slot, then it waits for the writer
+    release.set()
+    t.join(5)
+    assert started == list(range(6)) and not t.is_alive()
+
+
+def test_at_most_writers_maps_write_at_once():
+    writing, most, lock = [0], [0], threading.Lock()
+
+    def map_shard(turn):
+        turn.compute(lambda: None)
+        turn.start_writing()
+        with lock:
+            writing[0] += 1
+            most[0] = max(most[0], writing[0])
+        time.sleep(0.02)
+        with lock:
+            writing[0] -= 1
+
+    MapScheduler(jobs(8), slots=3, writers=2).run(map_shard)
+    assert most[0] == 2
 
 
 @pytest.mark.parametrize("exc", [ValueError("bad shard"), KeyboardInterrupt()])
-def test_an_error_in_the_thread_is_raised_by_take(exc):
-    def compute(job, slot, stop):
-        if job.index == 1:
-            raise exc
-        return job.index
+def test_an_error_in_a_map_stops_the_others_and_is_raised(exc):
+    """Shard 1's compute fails: the maps after it never compute (they stop in their wait for the
+    turn), and run() raises the error in the calling thread."""
+    computed = []
 
-    with ShardPrefetcher(jobs(3), compute) as pf:
-        r = pf.take()
-        assert r.value == 0
-        pf.release(r)
-        with pytest.raises(type(exc)):
-            pf.take()
+    def map_shard(turn):
+        def compute():
+            if turn.job.index == 1:
+                raise exc
+            computed.append(turn.job.index)
+
+        turn.compute(compute)
+        turn.start_writing()
+
+    sched = MapScheduler(jobs(5), slots=3, writers=2)
+    with pytest.raises(type(exc)):
+        sched.run(map_shard)
+    assert computed == [0]
+    assert sched.stats["shards"] == 1
 
 
-def test_close_stops_the_thread_between_micro_batches():
+def test_a_failed_write_stops_a_compute_between_micro_batches():
     in_compute = threading.Event()
 
-    def compute(job, slot, stop):
-        while True:  # a long shard: many micro-batches, each checking for a stop
-            in_compute.set()
-            stop()
-            time.sleep(0.01)
+    def map_shard(turn):
+        def compute():
+            while True:  # a long shard: many micro-batches, each checking for a stop
+                in_compute.set()
+                turn.check_stop()
+                time.sleep(0.01)
 
-    pf = ShardPrefetcher(jobs(2), compute).__enter__()
-    assert in_compute.wait(5)
+        if turn.job.index == 0:
+            turn.compute(lambda: None)
+            turn.start_writing()
+            assert in_compute.wait(5)
+            raise OSError("write failed")
+        turn.compute(compute)
+
     t = time.monotonic()
-    pf.close()
-    assert time.monotonic() - t < 2
-    assert pf._thread is None
+    with pytest.raises(OSError, match="write failed"):
+        MapScheduler(jobs(3), slots=2, writers=1).run(map_shard)
+    assert time.monotonic() - t < 3
+
+
+def test_ctrl_c_in_the_calling_thread_stops_the_maps():
+    in_compute, stopped = threading.Event(), []
+
+    def map_shard(turn):
+        def compute():
+            try:
+                while True:
+                    in_compute.set()
+                    turn.check_stop()
+                    time.sleep(0.01)
+            except Stopped:
+                stopped.append(turn.job.index)
+                raise
+
+        turn.compute(compute)
+
+    sched = MapScheduler(jobs(4), slots=2, writers=1)
+    real_take = sched._take_slot
+    calls = [0]
+
+    def take():
+        calls[0] += 1
+        if calls[0] == 3:  # maps 0 and 1 started; Ctrl+C while waiting for a slot
+            assert in_compute.wait(5)
+            raise KeyboardInterrupt
+        return real_take()
+
+    sched._take_slot = take
+    with pytest.raises(KeyboardInterrupt):
+        sched.run(map_shard)
+    assert stopped == [0]
+
+
+def test_a_map_that_never_calls_its_function_is_an_error_not_a_hang():
+    def map_shard(turn):
+        if turn.job.index == 0:
+            return  # map skipped its function: its turn would never pass
+        turn.compute(lambda: None)
+
+    t = time.monotonic()
+    with pytest.raises(RuntimeError, match="did not call its function"):
+        MapScheduler(jobs(3), slots=2, writers=1).run(map_shard)
+    assert time.monotonic() - t < 3
+
+
+def test_a_function_called_twice_is_an_error():
+    def map_shard(turn):
+        turn.compute(lambda: None)
+        turn.compute(lambda: None)
+
+    with pytest.raises(RuntimeError, match="twice"):
+        MapScheduler(jobs(2), slots=2, writers=1).run(map_shard)
+
+
+def test_stats_say_which_side_waited():
+    """A slow writer: the device waits for a free slot; a slow compute: the writer waits."""
+    def slow(write_s, compute_s):
+        def map_shard(turn):
+            turn.compute(lambda: time.sleep(compute_s))
+            turn.start_writing()
+            time.sleep(write_s)
+        sched = MapScheduler(jobs(4), slots=2, writers=1)
+        sched.run(map_shard)
+        return sched.stats
+
+    disk_bound, device_bound = slow(0.1, 0.01), slow(0.01, 0.1)
+    assert disk_bound["device_waited_s"] > 0.1 and disk_bound["writers_waited_s"] < 0.1
+    assert device_bound["writers_waited_s"] > 0.25 and device_bound["device_waited_s"] < 0.1
+    assert device_bound["compute_s"] >= 0.4
 
 
 def test_host_buffers_are_reused_and_grow():
@@ -97,7 +223,7 @@ def test_host_buffers_are_reused_and_grow():
 
 
 def test_inference_of_the_next_shard_overlaps_the_write(tiny_model_dir, tmp_path, monkeypatch, caplog):
-    """While map writes shard 0, the thread is already computing shard 1."""
+    """While map 0 writes shard 0, map 1 is already computing shard 1 (in its own map's function)."""
     import logging
 
     from datasets.arrow_writer import ArrowWriter
@@ -130,7 +256,7 @@ def test_inference_of_the_next_shard_overlaps_the_write(tiny_model_dir, tmp_path
         ds = collect(cfg, questions=make_questions(10))["mcq"]  # 4-row shards: 3 of them
     assert overlapped and overlapped[0] is True
     assert len(ds) == 10 and len(computing) == 3
-    assert any("inference thread: 3 shard(s)" in r.getMessage() for r in caplog.records)
+    assert any("inference in map: 3 shard(s)" in r.getMessage() for r in caplog.records)
 
 
 def _assert_same(a, b):
@@ -143,8 +269,8 @@ def _assert_same(a, b):
 
 
 def test_two_concurrent_writers_write_the_same_dataset(tiny_model_dir, tmp_path, monkeypatch):
-    """The GPU all-positions setting (two shard writers at once, three buffer sets) gives the same
-    files' content as one writer; shards may finish out of order."""
+    """The GPU all-positions setting (two maps writing at once, three maps and buffer sets) gives
+    the same files' content as one writer; shards may finish out of order."""
     from hf_introspect.collection import estimate, run as collector
     from hf_introspect.collection.run import collect
 
@@ -187,10 +313,3 @@ def test_two_writers_full_disk_keeps_whole_shards_and_resumes(tiny_model_dir, tm
     assert not list((tmp_path / "run" / "mcq").glob("tmp*"))
     monkeypatch.setattr(ArrowWriter, "write_table", real)
     _assert_same(ref, collect(cfg, questions=make_questions(12)))
-
-
-def test_take_beyond_the_jobs_raises_instead_of_hanging():
-    with ShardPrefetcher(jobs(1), lambda job, slot, stop: job.index) as pf:
-        pf.release(pf.take())
-        with pytest.raises(RuntimeError, match="stopped without computing"):
-            pf.take()

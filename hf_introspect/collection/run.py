@@ -1,4 +1,4 @@
-"""Collection: questions -> three prompt passes -> sharded, resumable shards written by ``Dataset.map``.
+"""Collection: questions -> three prompt passes -> sharded, resumable shards, each one ``Dataset.map``.
 
 :func:`collect` reads top to bottom as the data flow:
 
@@ -7,20 +7,22 @@
 2. per pass a :class:`~.pass_context.PassContext` (labels, layers, shared prefix, micro-batch);
 3. the plan: sizes, memory, a timed warm-up batch, the hand-off pairs (``estimate.py``,
    ``handoff.py``), and the output folder prepared (``storage.py``);
-4. the shards (:func:`_write_shards`): a prefetch thread (``pipeline.py``) computes shard after
-   shard (``shards.py`` -> ``backoff.py`` -> ``inference.py`` / ``decode.py``) while the writer(s)
-   (``writers.py``) turn each computed shard into its Arrow table (``shard_table.py``) and write it;
+4. the shards (:func:`_write_shards`): one ``Dataset.map`` per shard (``writers.py``) whose
+   function computes the shard (``shards.py`` -> ``backoff.py`` -> ``inference.py`` /
+   ``decode.py``) and builds its Arrow table (``shard_table.py``); the maps run on worker
+   threads, the next one computing while this one writes (``pipeline.py``);
 5. every split finalised once all its shards exist, then the run (``storage.py``).
 
-Where inference runs, and what ``Dataset.map`` does: the model runs on the prefetch thread, one
-shard ahead of the writer; each shard is then written by ONE ``Dataset.map(batched=True,
-batch_size=rows of the shard)`` whose function only assembles the computed results into the
-shard's table (no model call inside map). map gives each shard its atomic write (its
-``cache_file_name`` is the shard's final Arrow file: written to a temp file and renamed, so a
-shard exists whole or not at all), the features' encoding and the fingerprint; a rerun skips the
-shards that exist. Running inference inside map's function would serialise the model and the
-disk (map's function and its write run on the same thread), which is what the prefetch thread
-avoids: with all positions stored a shard's write takes as long as its inference.
+Where inference runs, and what ``Dataset.map`` does: inside map. Each shard is ONE
+``Dataset.map(batched=True, batch_size=rows of the shard)`` whose function runs that shard's
+inference (micro-batches, merged decoding, hand-off exports) and returns the shard's table. map
+gives each shard its atomic write (its ``cache_file_name`` is a temp name that
+``integrity.commit_shard`` renames to the shard's final file, so a shard exists whole or not at
+all), the features' encoding and the fingerprint; a rerun skips the shards that exist. map
+calls its function and writes the result on the same thread, so ``writer_count + 1`` maps run
+at once on worker threads (``pipeline.MapScheduler``): the device computes the shards one after
+the other in job order (a turn per map) while the previous shards are written, and each map
+holds one of that many host buffer sets, so memory stays bounded.
 
 Per pass, the prompt dataset is cut into shards of ``save_every * batch_size`` rows. Under
 ``accelerate launch`` the shards are dealt round-robin to processes (shard i -> rank i % N), so a
@@ -49,7 +51,7 @@ from .context_check import check_long, find_long, max_positions
 from .estimate import plan_and_prepare
 from .handoff import export_again, plan_export, shared_prefix_ids
 from .pass_context import DECODE_MAX_ROWS, PassContext, decode_kv_budget, eos_ids_of
-from .pipeline import HostBuffers, ShardJob, ShardPrefetcher
+from .pipeline import HostBuffers, MapScheduler, ShardJob, ShardTurn
 from .planning import Plan
 from .prefix import ShardHandoff
 from .prompt_dataset import build_prompt_dataset
@@ -58,7 +60,7 @@ from .readout import resolve_label_token_ids
 from .run_config import RESIDUAL_DOC, build_run_config
 from .shards import ShardData, column_values, compute_shard
 from .storage import check_output_dir, finalize_run, finalize_split, shard_path, split_is_final
-from .writers import ShardWriters, write_shard, writer_count
+from .writers import map_shard, writer_count
 
 logger = logging.getLogger("hf_introspect")
 
@@ -179,12 +181,15 @@ class RunSetup:
 
 
 def _write_shards(run: RunSetup, prompts: dict[str, Dataset], contexts: dict[str, PassContext], t_start: float) -> None:
-    """Every pass's missing shards of this process: computed by the prefetch thread, in the order
-    they are written, one shard ahead of the writer(s); the passes once all their shards exist.
+    """Every pass's missing shards of this process, each computed and written by its own
+    ``Dataset.map`` (``writers.map_shard``), ``writer_count + 1`` maps at once; the passes
+    finalised once all their shards exist.
 
-    Shards go in shard order, each shard's passes together (mcq 0, self_conf 0, other_conf 0,
-    mcq 1, ...), so a pass that runs on another's per-question prefixes finds them exported by the
-    shard just before; the prefixes of one shard are held at a time."""
+    The device computes shards in job order, each shard's passes together (mcq 0, self_conf 0,
+    other_conf 0, mcq 1, ...), so a pass that runs on another's per-question prefixes finds them
+    exported by the shard just before; the prefixes of one shard are held at a time."""
+    import threading
+
     from tqdm.auto import tqdm
 
     cfg, out, state, lm = run.cfg, run.out, run.state, run.lm
@@ -194,8 +199,14 @@ def _write_shards(run: RunSetup, prompts: dict[str, Dataset], contexts: dict[str
     jobs = [ShardJob(p, i, *run.shard_rows(i)) for i in mine for p in open_passes
             if not shard_path(out, p, i, run.n_shards).is_file()]
     todo = {(job.pass_name, job.index) for job in jobs}
+    bar = tqdm(total=len(mine) * len(open_passes), initial=len(mine) * len(open_passes) - len(jobs),
+               desc="shards", unit="shard", disable=not state.is_local_main_process)
+    bar_lock = threading.Lock()  # the maps' threads share the bar
 
     def compute(job: ShardJob, slot: int, check_stop) -> ShardData:
+        """One shard's inference, in map's function; the turns keep these calls in job order."""
+        with bar_lock:
+            bar.set_postfix_str(f"{job.pass_name} {job.index}")  # the shard on the device now
         ctx = contexts[job.pass_name]
         shard = ShardHandoff()  # this shard's hand-off state, passed explicitly (a pass is a source or a target)
         if ctx.handoff_from is not None:  # run on the source pass's exports (made again if it is stored already)
@@ -213,38 +224,32 @@ def _write_shards(run: RunSetup, prompts: dict[str, Dataset], contexts: dict[str
 
     features = {p: pass_features(p, len(labels_for_pass(p)), run.layers, lm.hidden_size, cfg.act_dtype)
                 for p in open_passes}
-    writers = ShardWriters(writer_count(run.device, cfg))
+
+    def one_map(turn: ShardTurn) -> None:
+        job = turn.job
+        map_shard(turn, compute, contexts[job.pass_name], features[job.pass_name], prompts[job.pass_name],
+                  shard_path(out, job.pass_name, job.index, run.n_shards), f"{run.run_id}-{job.pass_name}-{job.index:05d}")
+        with bar_lock:
+            bar.update(1)
+
+    writers = writer_count(run.device, cfg)
+    maps = MapScheduler(jobs, device=run.device, slots=writers + 1, writers=writers)
     try:
-        with ShardPrefetcher(jobs, compute, device=run.device, slots=writers.n + 1) as prefetch:
-            bar = tqdm(total=len(mine) * len(open_passes), initial=len(mine) * len(open_passes) - len(jobs),
-                       desc="shards", unit="shard", disable=not state.is_local_main_process)
-            for job in jobs:
-                result = prefetch.take()
-                if (result.job.pass_name, result.job.index) != (job.pass_name, job.index):
-                    prefetch.release(result)
-                    raise RuntimeError(f"inference thread out of step: it computed {result.job.pass_name} "
-                                       f"shard {result.job.index}, the writer is at {job.pass_name} shard {job.index}")
-                bar.set_postfix_str(f"{job.pass_name} {job.index}")
-                writers.submit(write_shard, prefetch, result, contexts[job.pass_name], features[job.pass_name],
-                               prompts[job.pass_name], shard_path(out, job.pass_name, job.index, run.n_shards),
-                               f"{run.run_id}-{job.pass_name}-{job.index:05d}")
-                bar.update(1)
-            writers.drain()
-            bar.close()
-            state.wait_for_everyone()
-            if state.is_main_process:
-                for pass_name in open_passes:
-                    description = (f"hf_introspect {PROMPT_TYPES[pass_name]} pass of {lm.source.model_name} "
-                                   f"({lm.checkpoint_id}); {RESIDUAL_DOC}; label token ids {run.label_ids[pass_name]}")
-                    finalize_split(out, pass_name, run.n_shards, len(run.questions), f"{run.run_id}-{pass_name}",
-                                   description)
-            state.wait_for_everyone()
-        if jobs:
-            # Which side bounds the run: a writer that waits means inference is the bottleneck.
-            logger.info("%s; setup (prompts, plan, warm-up batch) took %.1f s, the shards %.1f s",
-                        prefetch.summary(), t_shards - t_start, time.perf_counter() - t_shards)
+        maps.run(one_map)  # raises the first map's error once every map has stopped
     finally:
-        writers.close()
+        bar.close()
+    state.wait_for_everyone()
+    if state.is_main_process:
+        for pass_name in open_passes:
+            description = (f"hf_introspect {PROMPT_TYPES[pass_name]} pass of {lm.source.model_name} "
+                           f"({lm.checkpoint_id}); {RESIDUAL_DOC}; label token ids {run.label_ids[pass_name]}")
+            finalize_split(out, pass_name, run.n_shards, len(run.questions), f"{run.run_id}-{pass_name}",
+                           description)
+    state.wait_for_everyone()
+    if jobs:
+        # Which side bounds the run: writers that wait mean inference is the bottleneck.
+        logger.info("%s; setup (prompts, plan, warm-up batch) took %.1f s, the shards %.1f s",
+                    maps.summary(), t_shards - t_start, time.perf_counter() - t_shards)
 
 
 def _process_state():

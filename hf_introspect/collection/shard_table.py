@@ -77,8 +77,8 @@ def shard_table(ctx: PassContext, features: Features, batch: pa.Table, data: Sha
     are encoded as map would, and each activation column is one flat buffer wrapped zero-copy (no
     per-row encoding, which was the slowest part of a write)."""
     n = batch.num_rows
-    if batch.column("question_id").to_pylist() != data.qids:  # the thread and map must agree on the rows
-        raise RuntimeError(f"{ctx.pass_name}: shard rows out of step with the inference thread")
+    if batch.column("question_id").to_pylist() != data.qids:  # the computed rows must be map's rows
+        raise RuntimeError(f"{ctx.pass_name}: the computed shard's rows differ from the rows map passed")
     correct_letters = batch.column("correct_answer_letter").to_pylist()
     out: dict[str, list] = {k: [] for k in output_columns(ctx.pass_name)}
     shared = settings_columns(ctx)

@@ -1,6 +1,6 @@
-"""One shard's inference (on the prefetch thread): its rows read from the prompt dataset, ordered
-longest first, run through :func:`~.backoff.run_with_backoff` with their activations scattered
-into the shard's flat host buffers (:class:`ShardData`).
+"""One shard's inference (inside the shard's ``Dataset.map`` function): its rows read from the
+prompt dataset, ordered longest first, run through :func:`~.backoff.run_with_backoff` with their
+activations scattered into the shard's flat host buffers (:class:`ShardData`).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def longest_first(lengths) -> list[int]:
 
 def compute_shard(ctx: PassContext, prompts: Dataset, job: ShardJob, slot: int, check_stop,
                   shard: ShardHandoff) -> ShardData:
-    """Inference for one shard (runs on the prefetch thread). With ``shard.export_lengths`` set,
+    """Inference for one shard (runs in map's function, in the shard's turn). With ``shard.export_lengths`` set,
     its row prefixes for the next pass are exported into ``shard.exported`` on the way."""
     seqs, qids, positions, order = read_shard_rows(ctx, prompts, job)
     n = len(seqs)

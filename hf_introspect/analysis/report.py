@@ -179,17 +179,30 @@ def _directions_section(w: _Writer, data, other, s: ReportSettings) -> None:
     except UserError as exc:
         w.skip("directions", str(exc))
         return
+    cross = compare_runs(sweep, osweep) if osweep is not None else None
     w.json("directions.json", sweep.to_json() if osweep is None else
-           {"run": sweep.to_json(), "compare_with": osweep.to_json(), "cross_run_cosines": compare_runs(sweep, osweep)})
+           {"run": sweep.to_json(), "compare_with": osweep.to_json(), "cross_run_cosines": cross})
     w.lines += [f"Probe and mean-difference directions of each pass's own target ({', '.join(f'{p}: {t}' for p, t in sweep.targets.items())}), "
                 f"{sweep.n_questions} questions.", ""]
-    if sweep.self_vs_other:
-        finite = [r for r in sweep.self_vs_other if r.get("cos_probe") is not None and np.isfinite(r["cos_probe"])]
+    for tag, sw in (("", sweep), (" (compare)", osweep)):
+        finite = [r for r in (sw.self_vs_other if sw is not None else [])
+                  if r.get("cos_probe") is not None and np.isfinite(r["cos_probe"])]
         if finite:
             last = finite[-1]
-            w.lines += [f"Self vs other confidence, last layer ({last['layer']}): cosine of the probe directions "
+            w.lines += [f"Self vs other confidence{tag}, last layer ({last['layer']}): cosine of the probe directions "
                         f"{_fmt(last['cos_probe'])}, of the mean-diff directions {_fmt(last.get('cos_meandiff'))} "
                         "(published, Llama-3.1-8B: 0.44 / 0.82).", ""]
+    if cross is not None:
+        w.lines += ["Cosine between the two runs' directions (same pass, same layer), median over layers "
+                    "[last layer]:", ""]
+        for p, by_kind in cross.items():
+            parts = []
+            for kind, rows in by_kind.items():
+                cos = np.array([np.nan if r["cos"] is None else r["cos"] for r in rows], dtype=np.float64)
+                med = float(np.nanmedian(cos)) if np.isfinite(cos).any() else float("nan")
+                parts.append(f"{kind} {_fmt(med)} [{_fmt(float(cos[-1]))}]")
+            w.lines.append(f"- {p}: " + ", ".join(parts))
+        w.lines.append("")
     w.image(dp.plot_scores(sweep, w.out / "directions_scores.png", osweep), "held-out score of the directions")
     if len(passes) > 1:
         w.image(dp.plot_pass_cosines(sweep, w.out / "directions_pass_cosines.png"), "cosines across passes")
@@ -211,15 +224,18 @@ def _transfer(w: _Writer, data, other, s: ReportSettings, shared, dp) -> None:
         w.skip("transfer", str(exc))
         return
     w.json("transfer.json", res.to_json() if ores is None else {"run": res.to_json(), "compare_with": ores.to_json()})
-    direct = res.best.get("direct", {})
-    w.lines += ["### Transfer of the mcq entropy probe", "",
-                f"Best direct R^2 {_fmt(direct.get('r2'))} (layer {direct.get('layer')})."]
-    for test in tests:
-        for std, row in (res.best.get(test) or {}).items():
-            if isinstance(row, dict):
-                w.lines.append(f"- to {test} ({std}): best R^2 {_fmt(row.get('r2'))} at layer {row.get('layer')}, "
-                               f"ratio {_fmt(row.get('ratio'))}")
-    w.lines.append("")
+    w.lines += ["### Transfer of the mcq entropy probe", ""]
+    for tag, r in (("", res), (" (compare)", ores)):
+        if r is None:
+            continue
+        direct = r.best.get("direct", {})
+        w.lines.append(f"Best direct R^2{tag} {_fmt(direct.get('r2'))} (layer {direct.get('layer')}).")
+        for test in tests:
+            for std, row in (r.best.get(test) or {}).items():
+                if isinstance(row, dict):
+                    w.lines.append(f"- to {test} ({std}): best R^2 {_fmt(row.get('r2'))} at layer {row.get('layer')}, "
+                                   f"ratio {_fmt(row.get('ratio'))}")
+        w.lines.append("")
     w.image(dp.plot_transfer(res, w.out / "transfer.png", ores), "transfer of the mcq entropy probe")
 
 

@@ -33,3 +33,10 @@ def test_analyze_compare_with(tiny_run, tmp_path):
     probes = json.loads((out / "probe.json").read_text())
     assert probes[0]["run"]["layers"] == probes[0]["compare_with"]["layers"]
     assert "compared with" in (out / "report.md").read_text()
+    text = (out / "report.md").read_text()
+    # a run compared with itself: each pass's directions meet their twins (cosine 1), and the compare
+    # run's own transfer line is written beside the run's
+    assert "Cosine between the two runs' directions" in text
+    cross = [line for line in text.splitlines() if line.startswith("- mcq: probe")]
+    assert cross and "probe 1.000" in cross[0] and "meandiff 1.000" in cross[0]
+    assert "Best direct R^2 (compare)" in text

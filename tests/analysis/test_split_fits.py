@@ -105,17 +105,26 @@ def nested_gcv_reference(Z, y, tr, te, grid):
     return best[1], pred.reshape((len(te),) + y.shape[1:])
 
 
-def test_ridge_default_penalty_is_gcv_inside_each_training_split():
-    """The default penalty equals a strictly nested loop written from scratch: per split, GCV over
-    the training rows alone (same grid, same label-free scaling), fitted on train, scored on test;
-    each permuted copy gets its own choice per split."""
+def nested_loo_reference(Z, y, tr, te, grid):
+    """Strictly nested exact LOO on one split: scikit-learn's RidgeCV on the training rows alone."""
+    from sklearn.linear_model import RidgeCV
+
+    ref = RidgeCV(alphas=grid, fit_intercept=True).fit(Z[tr], y[tr])
+    return ref.alpha_, ref.predict(Z[te])
+
+
+@pytest.mark.parametrize("selection,reference", [("gcv", nested_gcv_reference), ("loo", nested_loo_reference)])
+def test_ridge_penalty_is_chosen_inside_each_training_split(selection, reference):
+    """The penalty (GCV by default; exact LOO as RidgeCV with ``selection="loo"``) equals a strictly
+    nested loop: per split, the criterion over the training rows alone (same grid, same label-free
+    scaling), fitted on train, scored on test; each permuted copy gets its own choice per split."""
     from sklearn.metrics import r2_score
 
     from hf_introspect.analysis.linear_probe import ALPHA_GRID
 
     rng, X, y = planted(n=80, d=120, r2=0.4, seed=11)
     splits = make_splits(80, n_splits=12, seed=2)
-    ours = score_splits(X, y, splits, permutations=3, seed=4)
+    ours = score_splits(X, y, splits, permutations=3, seed=4, selection=selection)
     Z = (X - X.mean(0)) / X.std(0)
     unit = np.sum(Z ** 2) / len(Z)
     perm_rng = np.random.default_rng(4)
@@ -123,7 +132,7 @@ def test_ridge_default_penalty_is_gcv_inside_each_training_split():
     scores, chosen = np.empty((12, 4)), np.empty((12, 4))
     for s, (tr, te) in enumerate(splits):
         for c, target in enumerate(columns):
-            a, pred = nested_gcv_reference(Z, target, tr, te, ALPHA_GRID * unit)
+            a, pred = reference(Z, target, tr, te, ALPHA_GRID * unit)
             scores[s, c], chosen[s, c] = r2_score(target[te], pred), a / unit
     np.testing.assert_allclose(ours.extra["alpha"], chosen[:, 0], rtol=1e-9)
     np.testing.assert_allclose(ours.extra["null_alpha"], chosen[:, 1:], rtol=1e-9)
@@ -149,35 +158,6 @@ def test_ridge_gcv_penalty_for_classes_sums_the_class_columns():
         chosen.append(a / (np.sum(Z ** 2) / len(Z)))
     np.testing.assert_allclose(ours.extra["alpha"], chosen, rtol=1e-9)
     np.testing.assert_allclose(ours.scores, accuracy, atol=1e-12)
-
-
-def test_ridge_loo_penalty_is_chosen_inside_each_training_split():
-    """``selection="loo"`` equals a strictly nested loop: per split, RidgeCV's exact LOO over the
-    training rows alone (same grid, same label-free scaling), fitted on train, scored on test; the
-    permuted copies each get their own choice per split."""
-    from sklearn.linear_model import RidgeCV
-    from sklearn.metrics import r2_score
-
-    from hf_introspect.analysis.linear_probe import ALPHA_GRID
-
-    rng, X, y = planted(n=80, d=120, r2=0.4, seed=11)
-    splits = make_splits(80, n_splits=12, seed=2)
-    ours = score_splits(X, y, splits, permutations=3, seed=4, selection="loo")
-    Z = (X - X.mean(0)) / X.std(0)
-    unit = np.sum(Z ** 2) / len(Z)
-    perm_rng = np.random.default_rng(4)
-    columns = [y] + [y[perm_rng.permutation(80)] for _ in range(3)]
-    scores, chosen = np.empty((12, 4)), np.empty((12, 4))
-    for s, (tr, te) in enumerate(splits):
-        for c, target in enumerate(columns):
-            ref = RidgeCV(alphas=ALPHA_GRID * unit, fit_intercept=True).fit(Z[tr], target[tr])
-            scores[s, c] = r2_score(target[te], ref.predict(Z[te]))
-            chosen[s, c] = ref.alpha_ / unit
-    np.testing.assert_allclose(ours.extra["alpha"], chosen[:, 0], rtol=1e-9)
-    np.testing.assert_allclose(ours.extra["null_alpha"], chosen[:, 1:], rtol=1e-9)
-    np.testing.assert_allclose(ours.scores, scores[:, 0], atol=1e-6)
-    np.testing.assert_allclose(ours.null, scores[:, 1:].mean(0), atol=1e-6)
-    assert len(np.unique(chosen)) > 1  # the choice really differs between splits/copies here
 
 
 def test_ridge_nested_penalty_for_classes_equals_ridgeclassifiercv():

@@ -50,8 +50,8 @@ class LayerScore:
 
 
 @dataclass
-class ProbeResult:
-    """A sweep's result. ``to_json()`` gives exactly the contract's keys; the rest is for summaries."""
+class SweepHeader:
+    """What a layer sweep analysed: the first keys of every sweep's JSON (probe, surface)."""
 
     target: str
     pass_name: str
@@ -59,6 +59,12 @@ class ProbeResult:
     method: str
     metric: str
     n_questions: int
+
+
+@dataclass
+class ProbeResult(SweepHeader):
+    """A sweep's result. ``to_json()`` gives exactly the contract's keys; the rest is for summaries."""
+
     best_layer: int | None
     layers: list[LayerScore]
     # --- beyond the JSON contract ---

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import UserError
 from . import stats
-from .layer_sweep import check_sweep_inputs, constant_rows
+from .layer_sweep import SweepHeader, check_sweep_inputs, constant_rows
 
 SURFACE_COLUMNS = ("char_length", "token_length", "has_negation", "has_ambiguity", "token_rarity_mean",
                    "token_rarity_max")
@@ -49,13 +49,7 @@ class SurfaceLayer:
 
 
 @dataclass
-class SurfaceResult:
-    target: str
-    pass_name: str
-    position: str
-    method: str
-    metric: str
-    n_questions: int
+class SurfaceResult(SweepHeader):
     features: list[str]
     surface: float
     surface_ci: tuple[float, float]

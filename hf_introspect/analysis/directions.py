@@ -95,11 +95,20 @@ def projection_r2(X, y, direction) -> float:
         >>> round(projection_r2(X, [10, 20, 30], [1.0, 0.0]), 6)
         1.0
     """
-    proj = _f64(X) @ _f64(direction)
-    y = _f64(y)
-    proj, y = proj - proj.mean(), y - y.mean()
-    denom = float(np.sqrt((proj @ proj) * (y @ y)))
-    return 0.0 if denom == 0.0 else float((proj @ y) / denom) ** 2
+    return correlation_r2(_f64(X) @ _f64(direction), y)
+
+
+def correlation_r2(a, b) -> float:
+    """Squared Pearson correlation of two vectors (0 when either is constant).
+
+    Example:
+        >>> correlation_r2([1.0, 2.0, 3.0], [2.0, 4.0, 7.0]) > 0.98
+        True
+    """
+    a, b = _f64(a), _f64(b)
+    a, b = a - a.mean(), b - b.mean()
+    denom = float(np.sqrt((a @ a) * (b @ b)))
+    return 0.0 if denom == 0.0 else float((a @ b) / denom) ** 2
 
 
 def cosine(a, b) -> float:

@@ -105,7 +105,7 @@ def _meandiff_split_scores(X: np.ndarray, y: np.ndarray, kind: str, splits) -> f
     +1/|top| and -1/|bottom| on its training rows (as :func:`~.directions.meandiff_direction`), and
     the test projections are one product ``X D^T`` (n, S).
     """
-    from .directions import unit_rows, quantile_masks
+    from .directions import correlation_r2, quantile_masks, unit_rows
 
     if kind == "multiclass":
         return float("nan")
@@ -125,13 +125,8 @@ def _meandiff_split_scores(X: np.ndarray, y: np.ndarray, kind: str, splits) -> f
     for s, (_, test) in enumerate(splits):
         if not np.isfinite(D[s]).all():
             continue
-        proj, yt = P[test, s], y[test]
-        if kind == "binary":
-            scores[s] = stats.auroc(proj, yt)
-        else:
-            proj, yt = proj - proj.mean(), yt - yt.mean()
-            denom = float(np.sqrt((proj @ proj) * (yt @ yt)))
-            scores[s] = 0.0 if denom == 0.0 else float((proj @ yt) / denom) ** 2  # as directions.projection_r2
+        proj = P[test, s]  # (t,) the test questions on this split's direction
+        scores[s] = stats.auroc(proj, y[test]) if kind == "binary" else correlation_r2(proj, y[test])
     return float(np.nanmean(scores)) if np.isfinite(scores).any() else float("nan")
 
 

@@ -84,7 +84,7 @@ def score_splits(X, y, splits, *, method: str = "ridge", task: str = "regression
     over all questions (label-free; one Gram matrix for every split), the intercept from each
     training split, the penalty chosen inside each training split (nested: the test labels never
     see it) by generalised cross-validation over that split's training rows (``selection="loo"``:
-    exact leave-one-out, as ``RidgeCV``; ~5x slower at 1,000 questions), from the grid ``alphas`` (in
+    exact leave-one-out, as ``RidgeCV``; 2.7x slower at 1,000 questions), from the grid ``alphas`` (in
     units of the Gram's mean eigenvalue, default 1e-3..1e3 by decades; ``alpha=`` fixes it, same
     units); every permuted copy gets its own choice per split, so the null goes through the same
     selection. ``extra["alpha"]`` holds the chosen penalty per split (n_splits,), ``extra["null_alpha"]``

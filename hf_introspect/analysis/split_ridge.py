@@ -23,7 +23,7 @@ held-out residuals above); the training residuals are ``a c^R`` and ``I - H_R = 
   ``G_TR c_R = (Gc)_T - G_TT c_T`` and ``G_TT e = c_T``): O(t^3) per split and penalty.
 * ``"loo"``: exact leave-one-out, ``(c^R)_i / (G_R)_ii`` (what scikit-learn's ``RidgeCV`` computes on
   the training rows). The diagonal needs one triangular solve ``L^{-1} G_TR`` (t, n) per split and
-  penalty: O(t^2 n), ~5x the GCV cost at n = 1,000 (see ``benchmarks/bench_probe.py``).
+  penalty: O(t^2 n); 2.7x the GCV time at n = 1,000, t = 200 (``benchmarks/bench_probe.py``).
 
 Each split and column group (a target or a permuted copy) keeps the grid penalty with the least
 criterion; the first grid penalty wins ties.

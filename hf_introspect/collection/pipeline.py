@@ -84,7 +84,7 @@ def return_freed_memory() -> None:
 
     Why: shards are computed in turn by the map worker threads, and glibc keeps each thread's
     freed blocks (the forward's float32 temporaries) in that thread's own arena. Without a trim
-    after each compute, a 40-question all-positions CPU run peaked ~300 MB (10%) higher than when
+    after each compute (:meth:`ShardTurn.compute` calls this), a 40-question all-positions CPU run peaked ~300 MB (10%) higher than when
     one thread did every compute; with it, the same as before (measured, docs/architecture.md).
 
     Example:
@@ -113,8 +113,6 @@ class ShardJob:
     index: int
     lo: int
     hi: int
-
-
 
 
 class Stopped(Exception):
@@ -164,6 +162,7 @@ class ShardTurn:
         with s._turn:
             s._next += 1
             s._turn.notify_all()
+        return_freed_memory()  # after the hand-over: the next compute need not wait for the trim
         return value
 
     def start_writing(self) -> None:

@@ -16,7 +16,7 @@ from datasets import Dataset, Features
 from ..config import CollectConfig
 from ..errors import UserError
 from .integrity import commit_shard, writing_path
-from .pipeline import ShardTurn, return_freed_memory
+from .pipeline import ShardTurn
 from .shard_table import shard_table
 
 
@@ -36,7 +36,6 @@ def map_shard(turn: ShardTurn, compute: Callable, ctx: PassContext, features: Fe
 
     def compute_and_build(batch: pa.Table) -> pa.Table:
         data = turn.compute(lambda: compute(job, turn.slot, turn.check_stop))
-        return_freed_memory()  # this worker's arena keeps the forward's temporaries otherwise (pipeline.py)
         turn.start_writing()  # from here on this map counts as a writer (table build + write + commit)
         return shard_table(ctx, features, batch, data)
 

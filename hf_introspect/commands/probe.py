@@ -27,7 +27,7 @@ def add_arguments(parser) -> None:
                              "logistic for classes)")
     parser.add_argument("--selection", default="gcv", choices=("gcv", "loo"),
                         help="ridge's penalty criterion inside each training split: gcv (default) or exact "
-                             "leave-one-out as scikit-learn's RidgeCV (~5x slower at 1,000 questions)")
+                             "leave-one-out as scikit-learn's RidgeCV (2.7x slower at 1,000 questions)")
     parser.add_argument("--permutations", type=int, default=100,
                         help="label permutations per layer for the null (default 100; 0: none)")
     parser.add_argument("--compare_with", metavar="OTHER_RUN", default=None,
